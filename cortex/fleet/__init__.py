@@ -1,0 +1,1 @@
+"""Fleet state, poller, placement, scheduler and evictor."""

@@ -1,0 +1,1 @@
+"""The Sanic app of the gateway: routes, proxying, error envelopes, auth."""

@@ -1,0 +1,1 @@
+"""Anthropic <-> OpenAI translation of requests, responses and streams (pure functions)."""

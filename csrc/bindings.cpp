@@ -1,0 +1,102 @@
+// The one pybind11 module, neuron._C. Only neuron/ops/_lib.py imports it. Every op takes raw
+// addresses (uintptr_t) of memory the caller owns and checked; long-running ops release the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/cpu_isa.h"
+#include "common/dtype.h"
+#include "common/thread_pool.h"
+#include "quant/quant.h"
+
+#ifndef HELEXA_VERSION
+#define HELEXA_VERSION "0+unknown"
+#endif
+#ifndef HELEXA_CUDA_ARCHS
+#define HELEXA_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+using helexa::DType;
+using helexa::quant::QuantType;
+
+namespace {
+
+template <class T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+bool has_cuda() {
+#ifdef HELEXA_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = HELEXA_VERSION;
+  info["cuda"] = has_cuda();
+  info["cuda_archs"] = std::string(HELEXA_CUDA_ARCHS);
+  info["compiler"] = std::string(__VERSION__);
+  info["cpu_isas"] = helexa::usable_isa_names();
+  info["native_kernels"] = std::vector<std::string>{"quant"};
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "helexa native kernels (CPU C++, CUDA when built with it)";
+
+  py::enum_<QuantType>(m, "QuantType")
+      .value("q4_0", QuantType::q4_0)
+      .value("q8_0", QuantType::q8_0)
+      .value("q4_k", QuantType::q4_k)
+      .value("q5_k", QuantType::q5_k)
+      .value("q6_k", QuantType::q6_k);
+  py::enum_<DType>(m, "DType").value("f32", DType::f32).value("f16", DType::f16).value("bf16", DType::bf16);
+
+  m.def("has_cuda", &has_cuda, "True when CUDA kernels were compiled into this module");
+  m.def("build_info", &build_info, "What this module was built with");
+  m.def("cpu_isas", &helexa::usable_isa_names, "CPU kernel variants this machine can run, least capable first");
+  m.def("cpu_isa", [] { return std::string(helexa::isa_name(helexa::active_isa())); },
+        "The CPU kernel variant in use");
+  m.def("set_cpu_isa", [](const std::string& name) { helexa::set_isa_cap(helexa::isa_from_name(name)); },
+        py::arg("name"), "Cap the CPU kernel variant (for tests and benchmarks)");
+  m.def("num_threads", &helexa::num_threads, "Threads of the kernel thread pool");
+  m.def("set_num_threads", &helexa::set_num_threads, py::arg("n"));
+
+  m.def("block_elems", [](QuantType t) { return helexa::quant::traits(t).block_elems; }, py::arg("qtype"));
+  m.def("block_bytes", [](QuantType t) { return helexa::quant::traits(t).block_bytes; }, py::arg("qtype"));
+
+  m.def(
+      "dequantize_cpu",
+      [](uintptr_t out, uintptr_t w, int64_t rows, int64_t cols, QuantType t, DType out_t) {
+        helexa::quant::dequantize_cpu(ptr<void>(out), ptr<const uint8_t>(w), rows, cols, t, out_t);
+      },
+      py::arg("out"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("qtype"), py::arg("out_dtype"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "quantize_cpu",
+      [](uintptr_t out, uintptr_t x, int64_t rows, int64_t cols, QuantType t) {
+        helexa::quant::quantize_cpu(ptr<uint8_t>(out), ptr<const float>(x), rows, cols, t);
+      },
+      py::arg("out"), py::arg("x"), py::arg("rows"), py::arg("cols"), py::arg("qtype"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def("qmatmul_workspace_bytes", &helexa::quant::qmatmul_workspace_bytes, py::arg("m"), py::arg("k"),
+        py::arg("qtype"));
+  m.def(
+      "qmatmul_cpu",
+      [](uintptr_t y, uintptr_t x, uintptr_t w, uintptr_t workspace, int64_t m, int64_t n, int64_t k, QuantType t,
+         DType xt) {
+        helexa::quant::qmatmul_cpu(ptr<void>(y), ptr<const void>(x), ptr<const uint8_t>(w), ptr<uint8_t>(workspace), m,
+                                   n, k, t, xt);
+      },
+      py::arg("y"), py::arg("x"), py::arg("w"), py::arg("workspace"), py::arg("m"), py::arg("n"), py::arg("k"),
+      py::arg("qtype"), py::arg("x_dtype"), py::call_guard<py::gil_scoped_release>());
+}

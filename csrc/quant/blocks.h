@@ -1,0 +1,119 @@
+// GGUF / ggml block formats, defined once and shared by the CPU and CUDA code.
+// Fields are little-endian; fp16 scales are stored as uint16_t and read with load_half(), which
+// also copes with the 2-byte alignment of 18-, 34- and 210-byte blocks.
+// Byte layouts: ggml-common.h (see bench/README.md for the anchors).
+//
+// Functions in the shared headers are `static`: every ISA translation unit (compiled with its own
+// -m flags) keeps a private copy, so the linker can never hand generic code an AVX-512 build of
+// an inline helper.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "common/dtype.h"
+
+namespace helexa::quant {
+
+// Values are ggml's type ids, so a GGUF tensor's type maps to ours without a table.
+enum class QuantType : int32_t { q4_0 = 2, q8_0 = 8, q4_k = 12, q5_k = 13, q6_k = 14 };
+
+constexpr int kQK = 256;  // elements of a K-quant super-block
+
+struct BlockQ4_0 {
+  uint16_t d;
+  uint8_t qs[16];  // element j: low nibble of qs[j]; element j+16: high nibble
+};
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes");
+
+struct BlockQ8_0 {
+  uint16_t d;
+  int8_t qs[32];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block must be 34 bytes");
+
+struct BlockQ4_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];  // 8 six-bit scales and 8 six-bit mins, packed
+  uint8_t qs[128];     // 64-element group g: qs[32g + l], low nibble = element l, high = l + 32
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must be 144 bytes");
+
+struct BlockQ5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[32];   // bit e/32 of qh[e % 32] is the fifth bit of element e
+  uint8_t qs[128];  // low four bits, as Q4_K
+};
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block must be 176 bytes");
+
+struct BlockQ6_K {
+  uint8_t ql[128];    // low four bits
+  uint8_t qh[64];     // high two bits
+  int8_t scales[16];  // one signed scale per 16 elements
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must be 210 bytes");
+
+struct QuantTraits {
+  const char* name;
+  int block_elems;
+  int block_bytes;
+  int act_block;  // elements per int8 activation scale used by this type's dot product
+};
+
+static constexpr QuantTraits traits(QuantType t) {
+  switch (t) {
+    case QuantType::q4_0: return {"q4_0", 32, sizeof(BlockQ4_0), 32};
+    case QuantType::q8_0: return {"q8_0", 32, sizeof(BlockQ8_0), 32};
+    case QuantType::q4_k: return {"q4_k", kQK, sizeof(BlockQ4_K), kQK};
+    case QuantType::q5_k: return {"q5_k", kQK, sizeof(BlockQ5_K), kQK};
+    case QuantType::q6_k: return {"q6_k", kQK, sizeof(BlockQ6_K), kQK};
+  }
+  return {"?", 1, 1, 1};
+}
+
+static inline bool is_known(QuantType t) {
+  switch (t) {
+    case QuantType::q4_0:
+    case QuantType::q8_0:
+    case QuantType::q4_k:
+    case QuantType::q5_k:
+    case QuantType::q6_k: return true;
+  }
+  return false;
+}
+
+static inline float load_half(const void* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_fp32(h);
+}
+
+static inline void store_half(void* p, float f) {
+  const uint16_t h = fp32_to_fp16(f);
+  std::memcpy(p, &h, 2);
+}
+
+// Unpacks the eight 6-bit scales and mins of a Q4_K / Q5_K block into bytes.
+// Bytes 0-3 hold scales 0-3 in their low six bits and the top bits of scales 4-7; bytes 4-7 the
+// same for the mins; bytes 8-11 hold the low nibbles of scales 4-7 (low) and mins 4-7 (high).
+static inline void unpack_k4_scales(const uint8_t* packed, uint8_t sc[8], uint8_t mn[8]) {
+  uint32_t w0, w1, w2;
+  std::memcpy(&w0, packed, 4);
+  std::memcpy(&w1, packed + 4, 4);
+  std::memcpy(&w2, packed + 8, 4);
+  const uint32_t sc_lo = w0 & 0x3f3f3f3fu;
+  const uint32_t mn_lo = w1 & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (w2 & 0x0f0f0f0fu) | (((w0 >> 6) & 0x03030303u) << 4);
+  const uint32_t mn_hi = ((w2 >> 4) & 0x0f0f0f0fu) | (((w1 >> 6) & 0x03030303u) << 4);
+  std::memcpy(sc, &sc_lo, 4);
+  std::memcpy(sc + 4, &sc_hi, 4);
+  std::memcpy(mn, &mn_lo, 4);
+  std::memcpy(mn + 4, &mn_hi, 4);
+}
+
+}  // namespace helexa::quant

@@ -1,0 +1,304 @@
+// Reference quantizers: float32 rows -> ggml blocks, following ggml's reference algorithms
+// (quantize_row_*_ref in ggml-quants.c), so files we write match what llama.cpp would write.
+// Q8_0 and Q4_0 are byte-identical to gguf.quants.quantize. The K-quants fit each sub-block's
+// scale and min with ggml's iterative weighted search, then quantize the scales to 6 / 8 bits.
+// Built without FMA contraction (-ffp-contract=off), as the reference is.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/check.h"
+#include "common/thread_pool.h"
+#include "quant/quant.h"
+
+namespace helexa::quant {
+namespace {
+
+constexpr float kGroupMaxEps = 1e-15f;
+
+// Round half to even, as ggml's nearest_int (valid for |x| < 2^22).
+inline int nearest_int(float x) { return static_cast<int>(std::nearbyintf(x)); }
+
+void quantize_q8_0(const float* x, uint8_t* out, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, x += 32) {
+    auto* blk = reinterpret_cast<BlockQ8_0*>(out + b * sizeof(BlockQ8_0));
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(&blk->d, d);
+    for (int j = 0; j < 32; ++j) blk->qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
+  }
+}
+
+void quantize_q4_0(const float* x, uint8_t* out, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, x += 32) {
+    auto* blk = reinterpret_cast<BlockQ4_0*>(out + b * sizeof(BlockQ4_0));
+    float amax = 0.0f, signed_max = 0.0f;  // the value of largest magnitude, sign kept
+    for (int j = 0; j < 32; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        signed_max = x[j];
+      }
+    }
+    const float d = signed_max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_half(&blk->d, d);
+    for (int j = 0; j < 16; ++j) {
+      const int lo = std::min(15, static_cast<int>(x[j] * id + 8.5f));
+      const int hi = std::min(15, static_cast<int>(x[j + 16] * id + 8.5f));
+      blk->qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+  }
+}
+
+// Fits x ~ scale * L - min with L in [0, nmax] for one sub-block, minimising the weighted error
+// over a sweep of candidate scales (ggml's make_qkx2_quants). Returns scale; *neg_min = min.
+float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min,
+                    float rmin, float rdelta, int nstep) {
+  float lo = x[0], hi = x[0];
+  float sum_w = w[0], sum_x = w[0] * x[0];
+  for (int i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (lo > 0) lo = 0;
+  if (hi == lo) {
+    std::fill(L, L + n, uint8_t{0});
+    *neg_min = -lo;
+    return 0.0f;
+  }
+  float iscale = nmax / (hi - lo);
+  float scale = 1 / iscale;
+  float best = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax);
+    L[i] = static_cast<uint8_t>(l);
+    const float diff = scale * L[i] + lo - x[i];
+    best += w[i] * (diff * diff);
+  }
+  uint8_t trial[32];
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * is + nmax) / (hi - lo);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax);
+      trial[i] = static_cast<uint8_t>(l);
+      sum_l += w[i] * l;
+      sum_l2 += w[i] * l * l;
+      sum_xl += w[i] * l * x[i];
+    }
+    const float det = sum_w * sum_l2 - sum_l * sum_l;
+    if (det > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float err = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = this_scale * trial[i] + this_min - x[i];
+        err += w[i] * (diff * diff);
+      }
+      if (err < best) {
+        std::memcpy(L, trial, static_cast<size_t>(n));
+        best = err;
+        scale = this_scale;
+        lo = this_min;
+      }
+    }
+  }
+  *neg_min = -lo;
+  return scale;
+}
+
+// Packs the eight 6-bit scales and mins of a Q4_K / Q5_K block (inverse of unpack_k4_scales).
+void pack_k4_scales(const uint8_t sc[8], const uint8_t mn[8], uint8_t packed[12]) {
+  for (int j = 0; j < 4; ++j) {
+    packed[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+    packed[j + 4] = static_cast<uint8_t>(mn[j] | ((mn[j + 4] >> 4) << 6));
+    packed[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4));
+  }
+}
+
+// Shared by Q4_K (nmax 15) and Q5_K (nmax 31): per 32-element sub-block scale/min fit, the
+// scales and mins quantized to 6 bits against the block maxima, then every element requantized
+// with the final scales. L receives the 256 quantized levels.
+void quantize_k4_block(const float* x, int nmax, float rmin, float rdelta, int nstep, uint16_t* d_out,
+                       uint16_t* dmin_out, uint8_t packed[12], uint8_t L[kQK]) {
+  float scales[8], mins[8], weights[32];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
+    scales[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &mins[j], rmin, rdelta, nstep);
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+  const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+  uint8_t ls[8], lm[8];
+  for (int j = 0; j < 8; ++j) {
+    ls[j] = static_cast<uint8_t>(std::min(63, nearest_int(inv_scale * scales[j])));
+    lm[j] = static_cast<uint8_t>(std::min(63, nearest_int(inv_min * mins[j])));
+  }
+  pack_k4_scales(ls, lm, packed);
+  *d_out = fp32_to_fp16(max_scale / 63.f);
+  *dmin_out = fp32_to_fp16(max_min / 63.f);
+  const float d = fp16_to_fp32(*d_out), dmin = fp16_to_fp32(*dmin_out);
+  for (int j = 0; j < 8; ++j) {
+    const float ds = d * ls[j];
+    if (ds == 0.0f) continue;
+    const float dm = dmin * lm[j];
+    for (int i = 0; i < 32; ++i) {
+      L[32 * j + i] = static_cast<uint8_t>(std::clamp(nearest_int((x[32 * j + i] + dm) / ds), 0, nmax));
+    }
+  }
+}
+
+void quantize_q4_k(const float* x, uint8_t* out, int64_t nblocks) {
+  uint8_t L[kQK];
+  for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
+    BlockQ4_K blk;
+    quantize_k4_block(x, 15, -1.f, 0.1f, 20, &blk.d, &blk.dmin, blk.scales, L);
+    for (int g = 0; g < 4; ++g) {
+      for (int l = 0; l < 32; ++l) {
+        blk.qs[32 * g + l] = static_cast<uint8_t>(L[64 * g + l] | (L[64 * g + l + 32] << 4));
+      }
+    }
+    std::memcpy(out + b * sizeof(BlockQ4_K), &blk, sizeof(blk));
+  }
+}
+
+void quantize_q5_k(const float* x, uint8_t* out, int64_t nblocks) {
+  uint8_t L[kQK];
+  for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
+    BlockQ5_K blk;
+    quantize_k4_block(x, 31, -0.5f, 0.1f, 15, &blk.d, &blk.dmin, blk.scales, L);
+    std::memset(blk.qh, 0, sizeof(blk.qh));
+    for (int g = 0; g < 4; ++g) {
+      for (int l = 0; l < 32; ++l) {
+        const int lo = L[64 * g + l], hi = L[64 * g + l + 32];
+        blk.qs[32 * g + l] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+        blk.qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * g)) | ((hi >> 4) << (2 * g + 1)));
+      }
+    }
+    std::memcpy(out + b * sizeof(BlockQ5_K), &blk, sizeof(blk));
+  }
+}
+
+// Symmetric fit of 16 values to L in [-nmax, nmax-1] weighted by x^2, sweeping 19 candidate
+// scales around nmax/max (ggml's make_qx_quants with rmse_type 1). L receives l + nmax.
+float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
+  float amax = 0, signed_max = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      signed_max = x[i];
+    }
+  }
+  if (amax < kGroupMaxEps) {
+    std::fill(L, L + n, int8_t{0});
+    return 0.f;
+  }
+  float iscale = -nmax / signed_max;
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+    L[i] = static_cast<int8_t>(l + nmax);
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * l;
+    suml2 += w * l * l;
+  }
+  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(nmax + 0.1f * is) / signed_max;
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+      const float w = x[i] * x[i];
+      sumlx += w * x[i] * l;
+      suml2 += w * l * l;
+    }
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) {
+        L[i] = static_cast<int8_t>(nmax + std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+      }
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+void quantize_q6_k(const float* x, uint8_t* out, int64_t nblocks) {
+  int8_t L[kQK];
+  float scales[16];
+  for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
+    BlockQ6_K blk;
+    std::memset(&blk, 0, sizeof(blk));
+    float max_scale = 0, max_abs_scale = 0;
+    for (int s = 0; s < 16; ++s) {
+      scales[s] = fit_symmetric(16, 32, x + 16 * s, L + 16 * s);
+      if (std::fabs(scales[s]) > max_abs_scale) {
+        max_abs_scale = std::fabs(scales[s]);
+        max_scale = scales[s];
+      }
+    }
+    if (max_abs_scale >= kGroupMaxEps) {
+      const float iscale = -128.f / max_scale;
+      blk.d = fp32_to_fp16(1 / iscale);
+      for (int s = 0; s < 16; ++s) {
+        blk.scales[s] = static_cast<int8_t>(std::min(127, nearest_int(iscale * scales[s])));
+      }
+      const float d = fp16_to_fp32(blk.d);
+      for (int s = 0; s < 16; ++s) {
+        const float ds = d * blk.scales[s];
+        if (ds == 0.0f) continue;
+        for (int i = 0; i < 16; ++i) {
+          L[16 * s + i] = static_cast<int8_t>(std::clamp(nearest_int(x[16 * s + i] / ds), -32, 31) + 32);
+        }
+      }
+      for (int h = 0; h < 2; ++h) {
+        const int8_t* Lh = L + 128 * h;
+        for (int l = 0; l < 32; ++l) {
+          blk.ql[64 * h + l] = static_cast<uint8_t>((Lh[l] & 0xF) | ((Lh[l + 64] & 0xF) << 4));
+          blk.ql[64 * h + l + 32] = static_cast<uint8_t>((Lh[l + 32] & 0xF) | ((Lh[l + 96] & 0xF) << 4));
+          blk.qh[32 * h + l] = static_cast<uint8_t>((Lh[l] >> 4) | ((Lh[l + 32] >> 4) << 2) |
+                                                    ((Lh[l + 64] >> 4) << 4) | ((Lh[l + 96] >> 4) << 6));
+        }
+      }
+    }
+    std::memcpy(out + b * sizeof(BlockQ6_K), &blk, sizeof(blk));
+  }
+}
+
+}  // namespace
+
+void quantize_cpu(uint8_t* out, const float* x, int64_t rows, int64_t cols, QuantType t) {
+  HELEXA_CHECK(is_known(t), "unknown quant type ", static_cast<int>(t));
+  const QuantTraits tr = traits(t);
+  HELEXA_CHECK(rows >= 0 && cols >= 0, "rows and cols must be >= 0, got ", rows, " x ", cols);
+  HELEXA_CHECK(cols % tr.block_elems == 0, tr.name, ": row length ", cols,
+               " is not a multiple of the block size ", tr.block_elems);
+  const int64_t nb = cols / tr.block_elems;
+  const int64_t row_bytes = nb * tr.block_bytes;
+  auto* fn = t == QuantType::q4_0   ? quantize_q4_0
+             : t == QuantType::q8_0 ? quantize_q8_0
+             : t == QuantType::q4_k ? quantize_q4_k
+             : t == QuantType::q5_k ? quantize_q5_k
+                                    : quantize_q6_k;
+  parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(x + r * cols, out + r * row_bytes, nb);
+  });
+}
+
+}  // namespace helexa::quant

@@ -1,0 +1,1 @@
+"""The Sanic app of the neuron HTTP API."""

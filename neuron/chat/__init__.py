@@ -1,0 +1,1 @@
+"""Chat templates, reasoning split and tool-call parsing."""

@@ -1,0 +1,1 @@
+"""Device workers, admission, generation loop, sampling, KV and state caches."""

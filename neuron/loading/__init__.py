@@ -1,0 +1,1 @@
+"""Resolving model ids, safetensors, GGUF and in-situ quantisation."""

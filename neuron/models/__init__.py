@@ -1,0 +1,1 @@
+"""Model architectures as torch modules, checked against HF transformers."""

@@ -1,0 +1,58 @@
+"""The one door to the native extension: the only module in the tree that imports ``neuron._C``.
+
+It re-exports what the build contains and sizes the kernel thread pool: ``HELEXA_NUM_THREADS``
+when set, else the number of threads torch uses, so our kernels and torch's never compete for
+more cores than the process was given.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from neuron import _C
+
+HAS_CUDA: bool = _C.has_cuda()
+CPU_ISAS: tuple[str, ...] = tuple(_C.cpu_isas())
+QuantType = _C.QuantType
+DType = _C.DType
+
+_env_isa = os.environ.get("HELEXA_CPU_ISA", "")
+if _env_isa and _env_isa not in ("generic", "avx2", "avx512_vnni"):
+    raise ValueError(f"HELEXA_CPU_ISA={_env_isa!r}: expected one of generic, avx2, avx512_vnni")
+
+_env_threads = os.environ.get("HELEXA_NUM_THREADS", "")
+if _env_threads:
+    if not _env_threads.isdigit() or int(_env_threads) < 1:
+        raise ValueError(f"HELEXA_NUM_THREADS={_env_threads!r}: expected a whole number >= 1")
+    _C.set_num_threads(int(_env_threads))
+else:
+    _C.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def build_info() -> dict:
+    """What the extension was built with: version, CUDA and its architectures, CPU variants."""
+    return dict(_C.build_info())
+
+
+def cpu_isa() -> str:
+    """The CPU kernel variant in use (the best of ``CPU_ISAS`` unless capped)."""
+    return _C.cpu_isa()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Caps the CPU kernel variant; ``name`` is one of ``CPU_ISAS`` (or a more capable one)."""
+    _C.set_cpu_isa(name)
+
+
+def num_threads() -> int:
+    return _C.num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the size of the kernel thread pool (n >= 1)."""
+    _C.set_num_threads(n)
+
+
+native = _C

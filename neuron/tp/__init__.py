@@ -1,0 +1,1 @@
+"""Tensor parallelism: rank workers, sharding, collectives."""

@@ -1,0 +1,266 @@
+"""neuron.ops quant family: GGUF block formats against gguf (bit-exact), ggml's reference
+quantizers, and float64 references for qmatmul, on every CPU ISA this machine runs."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as G
+
+from neuron import ops
+from neuron.ops import _lib
+from neuron.ops.quant import BLOCK_BYTES, BLOCK_ELEMS, SCALE_OFFSETS, random_quant_tensor
+
+GGUF_TYPE = {"q4_0": G.Q4_0, "q8_0": G.Q8_0, "q4_k": G.Q4_K, "q5_k": G.Q5_K, "q6_k": G.Q6_K}
+
+# qmatmul quantizes activations to int8: bound on relative RMS error vs float64 dequantize(W) @ x.
+QMATMUL_REL_RMS = 1.5e-2
+# Round-trip relative RMS error of ggml's own reference quantizers on N(0, 1) data (measured with
+# llama.cpp's quantize_row_*_ref on 64 x 4096 Gaussian rows; our quantizers are byte-identical to
+# them). A result more than 5% worse fails; one far better means the test no longer quantizes.
+ROUND_TRIP_REL_RMS = {"q4_0": 0.086, "q8_0": 0.0053, "q4_k": 0.0712, "q5_k": 0.0361, "q6_k": 0.0177}
+
+
+def rel_rms(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.double(), ref.double()
+    return float((got - ref).norm() / ref.norm())
+
+
+def wild_scales(w: ops.QuantTensor, seed: int) -> ops.QuantTensor:
+    """Rewrites every fp16 scale with a random finite bit pattern: any sign, normal or subnormal."""
+    rng = np.random.default_rng(seed)
+    blocks = w.data.numpy().reshape(-1, BLOCK_BYTES[w.qtype])
+    for off in SCALE_OFFSETS[w.qtype]:
+        bits = rng.integers(0, 1 << 16, size=blocks.shape[0], dtype=np.uint16)
+        special = (bits & 0x7C00) == 0x7C00  # inf / nan: make them the largest finite exponent
+        bits[special] ^= np.uint16(0x0400)
+        blocks[:, off : off + 2] = bits.view(np.uint8).reshape(-1, 2)
+    return w
+
+
+@pytest.fixture(params=ops.CPU_ISAS)
+def isa(request):
+    before = ops.cpu_isa()
+    ops.set_cpu_isa(request.param)
+    assert ops.cpu_isa() == request.param
+    yield request.param
+    ops.set_cpu_isa(before)
+
+
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_block_sizes_match_the_gguf_table(qtype):
+    assert (BLOCK_ELEMS[qtype], BLOCK_BYTES[qtype]) == gguf.constants.GGML_QUANT_SIZES[GGUF_TYPE[qtype]]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 17])
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_dequantize_is_bit_exact_with_gguf(qtype, rows):
+    k = BLOCK_ELEMS[qtype] * 5
+    w = wild_scales(random_quant_tensor(qtype, (rows, k), generator=torch.Generator().manual_seed(rows)), rows)
+    expected = gguf.quants.dequantize(w.data.numpy().reshape(rows, -1), GGUF_TYPE[qtype])
+    got = ops.dequantize(w)
+    assert got.shape == (rows, k) and got.dtype == torch.float32
+    assert np.array_equal(got.numpy().view(np.uint32), expected.view(np.uint32))
+    for dtype in (torch.bfloat16, torch.float16):
+        low = ops.dequantize(w, dtype)
+        assert low.dtype == dtype
+        assert torch.equal(low.view(torch.int16), torch.from_numpy(expected).to(dtype).view(torch.int16))
+
+
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_dequantize_ref_agrees_with_gguf(qtype):
+    w = random_quant_tensor(qtype, (9, BLOCK_ELEMS[qtype] * 3), generator=torch.Generator().manual_seed(1))
+    expected = torch.from_numpy(gguf.quants.dequantize(w.data.numpy().reshape(9, -1), GGUF_TYPE[qtype]))
+    ref = ops.dequantize_ref(w)
+    assert ref.dtype == torch.float64
+    # gguf rounds each value to float32 once or twice; the float64 reference does not round at all.
+    torch.testing.assert_close(ref, expected.double(), rtol=4e-7, atol=1e-12)
+
+
+def gaussian_rows(rows: int, k: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((rows, k)).astype(np.float32)
+    x[0] = 0.0  # an all-zero row
+    x[1, : k // 2] = 1.0  # constant blocks
+    x[2] *= 1e-4  # tiny values
+    x[3, ::2] = 0.0  # sparse
+    x[4] = np.round(x[4] * 4) / 4  # many exact ties after scaling
+    return x
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_quantize_is_byte_identical_to_gguf(qtype):
+    x = gaussian_rows(13, 32 * 9, seed=2)
+    got = ops.quantize(torch.from_numpy(x), qtype)
+    assert isinstance(got, ops.QuantTensor) and got.shape == (13, 32 * 9) and got.qtype == qtype
+    expected = gguf.quants.quantize(x, GGUF_TYPE[qtype])
+    assert np.array_equal(got.data.numpy(), expected.reshape(-1))
+
+
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_round_trip_error_is_that_of_ggmls_reference(qtype):
+    x = np.random.default_rng(3).standard_normal((64, 4096)).astype(np.float32)
+    q = ops.quantize(torch.from_numpy(x), qtype)
+    # Decode with gguf, independently of our own dequantizer.
+    back = gguf.quants.dequantize(q.data.numpy().reshape(64, -1), GGUF_TYPE[qtype])
+    err = rel_rms(torch.from_numpy(back), torch.from_numpy(x))
+    assert 0.9 * ROUND_TRIP_REL_RMS[qtype] < err < 1.05 * ROUND_TRIP_REL_RMS[qtype]
+
+
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_quantize_special_rows_round_trip(qtype):
+    k = BLOCK_ELEMS[qtype] * 2
+    x = torch.from_numpy(gaussian_rows(6, k, seed=4))
+    back = ops.dequantize(ops.quantize(x, qtype))
+    assert torch.equal(back[0], torch.zeros(k))  # zero stays exactly zero
+    assert torch.isfinite(back).all()
+    assert rel_rms(back[5], x[5]) < 2 * ROUND_TRIP_REL_RMS[qtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantize_accepts_half_precision_input(dtype):
+    x = torch.randn(4, 256, generator=torch.Generator().manual_seed(5)).to(dtype)
+    assert torch.equal(ops.quantize(x, "q4_k").data, ops.quantize(x.float(), "q4_k").data)
+
+
+def k_for(qtype: str) -> int:
+    # K-quants: two super-blocks; 32-element types: an odd block count (exercises the pair tail).
+    return 512 if BLOCK_ELEMS[qtype] == 256 else 32 * 11
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 3, 64, 300])
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_qmatmul_matches_float64_reference(isa, qtype, m, x_dtype):
+    n, k = 67, k_for(qtype)
+    gen = torch.Generator().manual_seed(m * 7 + n)
+    w = random_quant_tensor(qtype, (n, k), generator=gen)
+    x = torch.randn(m, k, generator=gen).to(x_dtype)
+    out = torch.full((m, n), float("nan"), dtype=x_dtype)
+    y = ops.qmatmul(x, w, out=out)
+    assert y is out and y.dtype == x_dtype
+    assert torch.isfinite(y).all()
+    assert rel_rms(y, ops.qmatmul_ref(x, w)) < QMATMUL_REL_RMS
+
+
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_qmatmul_on_a_model_shape(isa, qtype):
+    n, k = 257, 2048
+    gen = torch.Generator().manual_seed(11)
+    w = random_quant_tensor(qtype, (n, k), generator=gen)
+    x = torch.randn(2, k, generator=gen)
+    assert rel_rms(ops.qmatmul(x, w), ops.qmatmul_ref(x, w)) < QMATMUL_REL_RMS
+
+
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_every_isa_computes_the_same_integer_sums(qtype):
+    gen = torch.Generator().manual_seed(12)
+    w = random_quant_tensor(qtype, (45, k_for(qtype)), generator=gen)
+    x = torch.randn(5, k_for(qtype), generator=gen)
+    before = ops.cpu_isa()
+    results = {}
+    try:
+        for name in ops.CPU_ISAS:
+            ops.set_cpu_isa(name)
+            results[name] = ops.qmatmul(x, w)
+    finally:
+        ops.set_cpu_isa(before)
+    first = results[ops.CPU_ISAS[0]]
+    for name, y in results.items():
+        # Identical int8 activations and integer block sums; only float summation order differs.
+        torch.testing.assert_close(y, first, rtol=1e-5, atol=1e-5 * float(first.abs().max()), msg=name)
+
+
+def test_qmatmul_keeps_leading_dimensions():
+    w = random_quant_tensor("q8_0", (19, 64), generator=torch.Generator().manual_seed(13))
+    x = torch.randn(2, 3, 64)
+    y = ops.qmatmul(x, w)
+    assert y.shape == (2, 3, 19)
+    torch.testing.assert_close(y, ops.qmatmul(x.reshape(6, 64), w).reshape(2, 3, 19))
+    assert ops.qmatmul(torch.randn(64), w).shape == (19,)
+    assert ops.qmatmul(torch.randn(0, 64), w).shape == (0, 19)
+
+
+def test_qmatmul_of_quantized_weights_approximates_the_float_product():
+    gen = torch.Generator().manual_seed(14)
+    weight = torch.randn(96, 512, generator=gen)
+    x = torch.randn(4, 512, generator=gen)
+    y = ops.qmatmul(x, ops.quantize(weight, "q8_0"))
+    assert rel_rms(y, x.double() @ weight.double().T) < 1.5e-2
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_quant_tensor_rejects_inconsistent_parts():
+    data = torch.zeros(144, dtype=torch.uint8)
+    assert ops.QuantTensor(data, "q4_k", (1, 256)).row_bytes == 144
+    with pytest.raises(ValueError, match="'q3_k' is not supported"):
+        ops.QuantTensor(data, "q3_k", (1, 256))
+    with pytest.raises(TypeError, match="dtype int8: expected uint8"):
+        ops.QuantTensor(data.view(torch.int8), "q4_k", (1, 256))
+    with pytest.raises(ValueError, match="K = 250 is not a multiple of the q4_k block size 256"):
+        ops.QuantTensor(data, "q4_k", (1, 250))
+    with pytest.raises(ValueError, match=r"holds 144 bytes but .* needs 288"):
+        ops.QuantTensor(data, "q4_k", (2, 256))
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.QuantTensor(torch.zeros(288, dtype=torch.uint8)[::2], "q4_k", (1, 256))
+    with pytest.raises(ValueError, match="shape must be"):
+        ops.QuantTensor(data, "q4_k", (256,))
+
+
+def test_quantize_rejects_bad_input():
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
+        ops.quantize(np.zeros((2, 32), np.float32), "q8_0")
+    with pytest.raises(TypeError, match="dtype float64: expected float32, float16, bfloat16"):
+        ops.quantize(torch.zeros(2, 32, dtype=torch.float64), "q8_0")
+    with pytest.raises(ValueError, match="must be 2-D"):
+        ops.quantize(torch.zeros(32), "q8_0")
+    with pytest.raises(ValueError, match="K = 48 is not a multiple of the q8_0 block size 32"):
+        ops.quantize(torch.zeros(2, 48), "q8_0")
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.quantize(torch.zeros(32, 2).T, "q8_0")
+    with pytest.raises(ValueError, match="is on meta"):
+        ops.quantize(torch.zeros(2, 32, device="meta"), "q8_0")
+    with pytest.raises(ValueError, match="'int4' is not supported"):
+        ops.quantize(torch.zeros(2, 32), "int4")
+
+
+def test_dequantize_rejects_bad_input():
+    w = random_quant_tensor("q4_0", (2, 32))
+    with pytest.raises(TypeError, match="must be a QuantTensor"):
+        ops.dequantize(w.data)
+    with pytest.raises(TypeError, match="not supported: expected float32"):
+        ops.dequantize(w, torch.int32)
+
+
+def test_qmatmul_rejects_bad_input():
+    w = random_quant_tensor("q4_k", (8, 256))
+    x = torch.randn(3, 256)
+    with pytest.raises(TypeError, match="w must be a QuantTensor"):
+        ops.qmatmul(x, torch.zeros(8, 256))
+    with pytest.raises(TypeError, match="x has dtype float64"):
+        ops.qmatmul(x.double(), w)
+    with pytest.raises(TypeError, match="x has dtype int32"):
+        ops.qmatmul(x.int(), w)
+    with pytest.raises(ValueError, match=r"x has shape \(3, 128\): its last dimension must be K = 256"):
+        ops.qmatmul(torch.randn(3, 128), w)
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        ops.qmatmul(torch.randn(512, 3)[::2].T, w)
+    with pytest.raises(ValueError, match="x is on meta"):
+        ops.qmatmul(torch.randn(3, 256, device="meta"), w)
+    with pytest.raises(TypeError, match="out has dtype bfloat16"):
+        ops.qmatmul(x, w, out=torch.empty(3, 8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"out has shape \(3, 9\): expected \(3, 8\)"):
+        ops.qmatmul(x, w, out=torch.empty(3, 9))
+
+
+def test_native_layer_checks_its_arguments_too():
+    native, qt = _lib.native, _lib.QuantType.q4_k
+    with pytest.raises(ValueError, match="K = 100 is not a multiple of the block size 256"):
+        native.qmatmul_workspace_bytes(1, 100, qt)
+    with pytest.raises(ValueError, match="row length 100 is not a multiple"):
+        native.dequantize_cpu(0, 0, 1, 100, qt, _lib.DType.f32)
+    with pytest.raises(ValueError, match="64-byte aligned"):
+        native.qmatmul_cpu(0, 0, 0, 8, 1, 1, 256, qt, _lib.DType.f32)
