@@ -221,7 +221,9 @@ struct Q4_0 {
         const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
         const float d0 = half(b0);
         for (int c = 0; c < C; ++c) {
-          const __m128i sums = _mm_madd_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.a[c].bsums + 2 * b)), minus8);
+          int32_t pair;  // the block's two sums of 16; reading four would run past the last block
+          std::memcpy(&pair, p.a[c].bsums + 2 * b, 4);
+          const __m128i sums = _mm_madd_epi16(_mm_cvtsi32_si128(pair), minus8);
           const __m256i bias = _mm256_maskz_expand_epi32(0x01, _mm256_castsi128_si256(sums));
           const __m256i sum = _mm256_dpbusd_epi32(bias, u, load256(p.a[c].qs + b * 32));
           acc[c] = _mm512_fmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(sum)), _mm512_set1_ps(d0 * p.a[c].d[b]), acc[c]);
