@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import os
 
-import torch
+try:
+    from neuron import _C
+except ImportError as exc:  # pragma: no cover - depends on how the package was installed
+    raise ImportError(
+        "neuron's native extension neuron._C is missing: this helexa was installed without it "
+        "(HELEXA_NATIVE=OFF, a gateway-only install) or from an unbuilt source tree. "
+        "Reinstall with a C++ compiler available to run a neuron."
+    ) from exc
 
-from neuron import _C
+import torch  # after _C: a missing extension is the clearer error
 
 HAS_CUDA: bool = _C.has_cuda()
 CPU_ISAS: tuple[str, ...] = tuple(_C.cpu_isas())
