@@ -1,0 +1,53 @@
+"""``ApiError``: an error answer as plain data, raised anywhere, rendered once per dialect.
+
+``kind`` is dialect-neutral; each dialect's ``errors`` module maps it to its own type names.
+Both programs use it: the neuron answers in the OpenAI dialect, the gateway in the client's.
+"""
+
+from __future__ import annotations
+
+STATUS_OF_KIND: dict[str, int] = {
+    "invalid_request": 400,
+    "authentication": 401,
+    "permission": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "rate_limit": 429,
+    "internal": 500,
+    "upstream": 502,
+    "unavailable": 503,
+    "timeout": 504,
+    "insufficient_storage": 507,
+}
+
+
+class ApiError(Exception):
+    """An answer to send instead of a result: status, kind, a message naming what was wrong."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if kind not in STATUS_OF_KIND:
+            raise ValueError(f"unknown error kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status if status is not None else STATUS_OF_KIND[kind]
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status} {self.kind}: {self.message!r}, param={self.param!r})"
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError("invalid_request", message, param=param, code=code)

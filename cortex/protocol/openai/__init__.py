@@ -1,0 +1,1 @@
+"""The OpenAI dialect: request envelopes and the error envelope."""

@@ -1,0 +1,197 @@
+"""OpenAI chat and legacy completion requests as msgspec structs, plus range checks.
+
+Decoding checks types (``msgspec`` names the field that is wrong); :func:`check_sampling` and
+friends check values. Unknown fields are accepted and ignored, as OpenAI-compatible servers do.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from cortex.protocol.errors import ApiError, invalid
+
+
+class FunctionCall(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+    image_url: Any = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+class FunctionDef(msgspec.Struct, kw_only=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    type: str = "function"
+    function: FunctionDef
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class SamplingFields(msgspec.Struct, kw_only=True):
+    """Sampling and stopping fields shared by chat and legacy completions."""
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+
+
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+
+
+class CompletionRequest(SamplingFields, kw_only=True):
+    prompt: str | list[Any]  # a string, [string], or token ids
+    echo: bool = False
+    suffix: str | None = None
+
+
+_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def decode_request(body: bytes, kind: type[msgspec.Struct]) -> Any:
+    """Decodes a JSON body into ``kind``; a malformed body or a wrong field type is a 400 naming it."""
+    if not body:
+        raise invalid("the request body is empty: expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _FIELD_RE.search(text)
+        param = match.group(1) if match else None
+        raise invalid(f"invalid request: {text}", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise invalid(f"malformed JSON body: {exc}") from None
+
+
+def _range(value: float | None, name: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    if value is None:
+        return
+    ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        bracket = "(" if lo_open else "["
+        raise invalid(f"{name} must be in {bracket}{lo}, {hi}], got {value}", param=name)
+
+
+def check_sampling(req: SamplingFields) -> None:
+    """Value checks for the shared sampling fields; raises ApiError naming the field."""
+    if not req.model:
+        raise invalid("model must be a non-empty string", param="model")
+    if req.n != 1:
+        raise invalid(f"n must be 1 (one choice per request), got {req.n}", param="n")
+    _range(req.temperature, "temperature", 0.0, 2.0)
+    _range(req.top_p, "top_p", 0.0, 1.0, lo_open=True)
+    _range(req.min_p, "min_p", 0.0, 1.0)
+    _range(req.presence_penalty, "presence_penalty", -2.0, 2.0)
+    _range(req.frequency_penalty, "frequency_penalty", -2.0, 2.0)
+    _range(req.repetition_penalty, "repetition_penalty", 0.0, 10.0, lo_open=True)
+    if req.top_k is not None and req.top_k < -1:
+        raise invalid(f"top_k must be -1 (off), 0 (off) or positive, got {req.top_k}", param="top_k")
+    if req.max_tokens is not None and req.max_tokens < 0:
+        raise invalid(f"max_tokens must be >= 0, got {req.max_tokens}", param="max_tokens")
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    if len(stops) > 16:
+        raise invalid("stop may hold at most 16 strings", param="stop")
+    if any(not s for s in stops):
+        raise invalid("stop strings must be non-empty", param="stop")
+
+
+def check_chat(req: ChatCompletionRequest) -> None:
+    check_sampling(req)
+    if not req.messages:
+        raise invalid("messages must be a non-empty list", param="messages")
+    if req.max_completion_tokens is not None and req.max_completion_tokens < 0:
+        raise invalid(
+            f"max_completion_tokens must be >= 0, got {req.max_completion_tokens}", param="max_completion_tokens"
+        )
+    for i, m in enumerate(req.messages):
+        if m.role not in ("system", "developer", "user", "assistant", "tool"):
+            raise invalid(
+                f"messages[{i}].role {m.role!r} is not one of system, developer, user, assistant, tool",
+                param=f"messages[{i}].role",
+            )
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.type != "text":
+                    raise invalid(
+                        f"messages[{i}].content[{j}] has type {part.type!r}: this model takes text only",
+                        param=f"messages[{i}].content[{j}].type",
+                    )
+                if part.text is None:
+                    raise invalid(f"messages[{i}].content[{j}].text is missing", param=f"messages[{i}].content[{j}]")
+
+
+def check_completion(req: CompletionRequest) -> None:
+    check_sampling(req)
+    if req.suffix:
+        raise invalid("suffix (fill-in-the-middle) is not supported", param="suffix")
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if not prompt:
+            raise invalid("prompt must not be empty", param="prompt")
+        if all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise invalid("prompt as a list must hold exactly one string (one choice per request)", param="prompt")
+        elif not all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            raise invalid("prompt must be a string, a list of one string, or a list of token ids", param="prompt")
+
+
+def stop_strings(req: SamplingFields) -> list[str]:
+    return [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+
+
+__all__ = [
+    "ApiError",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "Tool",
+    "check_chat",
+    "check_completion",
+    "decode_request",
+    "stop_strings",
+]

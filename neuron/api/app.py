@@ -1,0 +1,114 @@
+"""The neuron's Sanic app: a factory that wires config, residency, discovery and metrics into
+a typed context, registers the routes and the error handlers, and owns the background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from sanic import Request, Sanic, response
+from sanic.exceptions import SanicException
+
+from cortex.protocol.errors import ApiError
+from cortex.protocol.openai import errors as openai_errors
+from neuron import __version__, hardware
+from neuron.api import admin, inference
+from neuron.api.context import NeuronContext
+from neuron.api.metrics import NeuronMetrics
+from neuron.config import NeuronConfig
+from neuron.engine.residency import HARNESSES, Residency
+
+log = logging.getLogger(__name__)
+
+HEALTH_REFRESH_SECS = 5.0
+_EXC_KIND = {400: "invalid_request", 401: "authentication", 403: "permission", 404: "not_found", 413: "too_large"}
+
+
+def _error_response(err: ApiError):
+    headers = {}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(int(err.retry_after))
+    return response.raw(
+        msgspec.json.encode(openai_errors.render(err)),
+        status=err.status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+async def _refresh_health(ctx: NeuronContext) -> None:
+    while True:
+        try:
+            ctx.device_health = await asyncio.to_thread(hardware.read_device_health, ctx.discovery.devices)
+        except Exception:  # keep the last good readings
+            log.exception("reading device health failed")
+        await asyncio.sleep(HEALTH_REFRESH_SECS)
+
+
+async def _load_defaults(ctx: NeuronContext) -> None:
+    for spec in ctx.config.default_models:
+        try:
+            entry = await ctx.residency.load(spec)
+            await ctx.residency.wait_loaded(entry)
+        except ApiError as exc:
+            log.warning("default model %s did not load: %s", spec.model_id, exc.message)
+
+
+def create_app(config: NeuronConfig, *, name: str = "neuron") -> Sanic:
+    residency = Residency(config)
+    ctx = NeuronContext(
+        config=config,
+        residency=residency,
+        discovery=hardware.discover(__version__, list(HARNESSES)),
+        metrics=NeuronMetrics(residency),
+    )
+    app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False)
+    app.config.update(
+        {
+            "REQUEST_MAX_SIZE": 64 * 2**20,
+            "RESPONSE_TIMEOUT": 24 * 3600,
+            "REQUEST_TIMEOUT": 120,
+            "KEEP_ALIVE_TIMEOUT": 75,
+            "FALLBACK_ERROR_FORMAT": "json",
+        }
+    )
+    app.blueprint(admin.bp)
+    app.blueprint(inference.bp)
+
+    @app.exception(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        return _error_response(exc)
+
+    @app.exception(SanicException)
+    async def on_sanic_error(request: Request, exc: SanicException):
+        status = getattr(exc, "status_code", 500) or 500
+        kind = _EXC_KIND.get(status, "internal" if status >= 500 else "invalid_request")
+        message = str(exc) or exc.__class__.__name__
+        if status == 404:
+            message = f"no route {request.method} {request.path}"
+        return _error_response(ApiError(kind, message, status=status))
+
+    @app.exception(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(ApiError("internal", f"internal error ({type(exc).__name__}); see the neuron log"))
+
+    tasks: list[asyncio.Task] = []
+
+    @app.before_server_start
+    async def start_tasks(app: Sanic) -> None:
+        tasks.append(asyncio.create_task(_refresh_health(app.ctx), name="device-health"))
+        tasks.append(asyncio.create_task(_load_defaults(app.ctx), name="default-models"))
+
+    @app.before_server_stop
+    async def stop_tasks(app: Sanic) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @app.after_server_stop
+    async def unload_all(app: Sanic) -> None:
+        await app.ctx.residency.close()
+
+    return app

@@ -1,0 +1,334 @@
+"""OpenAI ``/v1/chat/completions`` and ``/v1/completions`` served by the local engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from sanic import Blueprint, Request, response
+
+from cortex.protocol.errors import ApiError, invalid
+from cortex.protocol.openai.requests import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+    check_chat,
+    check_completion,
+    decode_request,
+    stop_strings,
+)
+from neuron.api.context import context_of
+from neuron.api.sse import event, stream_events
+from neuron.chat.output import Event, ToolCall
+from neuron.engine.generation import GenerationRequest, Outcome, generate
+from neuron.engine.loaded import LoadedModel
+from neuron.engine.sampling import SamplingParams
+
+bp = Blueprint("inference")
+
+
+# --- prompts --------------------------------------------------------------------------------
+
+
+def _message_dict(m: ChatMessage) -> dict[str, Any]:
+    content = m.content
+    if isinstance(content, list):
+        content = "\n".join(part.text or "" for part in content)
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
+    if m.name is not None:
+        out["name"] = m.name
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.reasoning_content is not None:
+        out["reasoning_content"] = m.reasoning_content
+    if m.tool_calls:
+        calls = []
+        for call in m.tool_calls:
+            args: Any = call.function.arguments
+            if isinstance(args, str):
+                with contextlib.suppress(json.JSONDecodeError):  # else templates get the string as it came
+                    args = json.loads(args) if args.strip() else {}
+            calls.append(
+                {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": args}}
+            )
+        out["tool_calls"] = calls
+    return out
+
+
+def chat_prompt(lm: LoadedModel, req: ChatCompletionRequest) -> tuple[list[int], bool]:
+    """Token ids of the rendered conversation, and whether the prompt leaves a thought open."""
+    tools = None
+    if req.tools and req.tool_choice != "none":
+        tools = [msgspec.to_builtins(t) for t in req.tools]
+    extra = dict(req.chat_template_kwargs or {})
+    text = lm.template.render([_message_dict(m) for m in req.messages], tools=tools, extra=extra)
+    ids = lm.tokenizer.encode(text, add_special_tokens=False).ids
+    return ids, text.rfind("<think>") > text.rfind("</think>")
+
+
+def completion_prompt(lm: LoadedModel, req: CompletionRequest) -> list[int]:
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        vocab = lm.tokenizer.get_vocab_size()
+        if any(not 0 <= t < vocab for t in prompt):
+            raise invalid(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        return list(prompt)
+    text = prompt[0] if isinstance(prompt, list) else prompt
+    if not text:
+        raise invalid("prompt must not be empty", param="prompt")
+    return lm.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _sampling(lm: LoadedModel, req: SamplingFields) -> SamplingParams:
+    d = lm.defaults
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return SamplingParams(
+        temperature=pick(req.temperature, d.temperature),
+        top_p=pick(req.top_p, d.top_p),
+        top_k=max(0, pick(req.top_k, d.top_k)),
+        min_p=pick(req.min_p, d.min_p),
+        repetition_penalty=pick(req.repetition_penalty, d.repetition_penalty),
+        presence_penalty=pick(req.presence_penalty, 0.0),
+        frequency_penalty=pick(req.frequency_penalty, 0.0),
+        seed=req.seed,
+    )
+
+
+def _budget(lm: LoadedModel, prompt_len: int, requested: int | None, field: str) -> int:
+    room = lm.context_length - prompt_len
+    if room <= 0:
+        raise ApiError(
+            "invalid_request",
+            f"the prompt is {prompt_len} tokens but the model's context is {lm.context_length} tokens",
+            param=field,
+            code="context_length_exceeded",
+        )
+    return room if requested is None else min(requested, room)
+
+
+def _usage(outcome: Outcome) -> dict[str, int]:
+    return {
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+    }
+
+
+def _tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+    if index is not None:
+        out["index"] = index
+    return out
+
+
+async def _admitted(request: Request, lm: LoadedModel, endpoint: str):
+    ctx = context_of(request)
+    await lm.admission.acquire()
+    ctx.metrics.requests_started(lm.model_id, endpoint)
+
+
+# --- chat -----------------------------------------------------------------------------------
+
+
+@bp.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    ctx = context_of(request)
+    req: ChatCompletionRequest = decode_request(request.body, ChatCompletionRequest)
+    check_chat(req)
+    lm = ctx.residency.get(req.model)
+    prompt_ids, in_reasoning = await asyncio.to_thread(chat_prompt, lm, req)
+    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    field = "max_completion_tokens" if req.max_completion_tokens is not None else "messages"
+    gen = GenerationRequest(
+        prompt_ids=prompt_ids,
+        max_new_tokens=_budget(lm, len(prompt_ids), requested, field),
+        params=_sampling(lm, req),
+        stop=stop_strings(req),
+        in_reasoning=in_reasoning,
+        parse_tools=bool(req.tools) and req.tool_choice != "none",
+        prefill_chunk=ctx.config.prefill_chunk_tokens,
+    )
+    outcome = Outcome(prompt_tokens=len(prompt_ids))
+    cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+    await _admitted(request, lm, "chat")
+    try:
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            await stream_events(
+                request, lambda emit: _stream_chat(emit, lm, gen, outcome, cid, created, req.model, include_usage)
+            )
+            return None
+        return response.json(await _complete_chat(lm, gen, outcome, cid, created, req.model))
+    finally:
+        lm.admission.release()
+        ctx.metrics.requests_finished(lm.model_id, "chat", outcome)
+
+
+async def _complete_chat(lm, gen, outcome, cid, created, model) -> dict[str, Any]:
+    content, reasoning = [], []
+    async for delta in generate(lm, gen, outcome):
+        for ev in delta.events:
+            if ev.kind == "reasoning":
+                reasoning.append(ev.text)
+            elif ev.kind == "content":
+                content.append(ev.text)
+    text = "".join(content)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if outcome.tool_calls:
+        message["tool_calls"] = [_tool_call_json(c) for c in outcome.tool_calls]
+        message["content"] = text.strip() or None
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": outcome.finish_reason, "logprobs": None}],
+        "usage": _usage(outcome),
+    }
+
+
+def _chat_delta(ev: Event, tool_index: int) -> dict[str, Any]:
+    if ev.kind == "content":
+        return {"content": ev.text}
+    if ev.kind == "reasoning":
+        return {"reasoning_content": ev.text}
+    assert ev.tool_call is not None
+    return {"tool_calls": [_tool_call_json(ev.tool_call, tool_index)]}
+
+
+async def _stream_chat(emit, lm, gen, outcome, cid, created, model, include_usage) -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: bool = False) -> bytes:
+        body: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        if usage:
+            body["usage"] = _usage(outcome)
+        return event(body)
+
+    await emit(chunk({"role": "assistant", "content": ""}))
+    tools = 0
+    async for delta in generate(lm, gen, outcome):
+        for ev in delta.events:
+            await emit(chunk(_chat_delta(ev, tools)))
+            tools += ev.kind == "tool_call"
+        if delta.finish_reason is not None:
+            await emit(chunk({}, delta.finish_reason, usage=True))
+    if include_usage:
+        await emit(
+            event(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage(outcome),
+                }
+            )
+        )
+
+
+# --- legacy completions ---------------------------------------------------------------------
+
+
+@bp.post("/v1/completions")
+async def completions(request: Request):
+    ctx = context_of(request)
+    req: CompletionRequest = decode_request(request.body, CompletionRequest)
+    check_completion(req)
+    lm = ctx.residency.get(req.model)
+    prompt_ids = await asyncio.to_thread(completion_prompt, lm, req)
+    requested = 16 if req.max_tokens is None else req.max_tokens
+    gen = GenerationRequest(
+        prompt_ids=prompt_ids,
+        max_new_tokens=_budget(lm, len(prompt_ids), requested, "max_tokens"),
+        params=_sampling(lm, req),
+        stop=stop_strings(req),
+        parse_tools=False,
+        prefill_chunk=ctx.config.prefill_chunk_tokens,
+    )
+    outcome = Outcome(prompt_tokens=len(prompt_ids))
+    cid, created = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+    echo = lm.tokenizer.decode(prompt_ids, skip_special_tokens=False) if req.echo else ""
+    await _admitted(request, lm, "completions")
+    try:
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            await stream_events(
+                request,
+                lambda emit: _stream_completion(emit, lm, gen, outcome, cid, created, req.model, echo, include_usage),
+            )
+            return None
+        parts = [echo]
+        async for delta in generate(lm, gen, outcome):
+            parts += [ev.text for ev in delta.events]
+        return response.json(
+            {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": req.model,
+                "choices": [
+                    {"index": 0, "text": "".join(parts), "finish_reason": outcome.finish_reason, "logprobs": None}
+                ],
+                "usage": _usage(outcome),
+            }
+        )
+    finally:
+        lm.admission.release()
+        ctx.metrics.requests_finished(lm.model_id, "completions", outcome)
+
+
+async def _stream_completion(emit, lm, gen, outcome, cid, created, model, echo, include_usage) -> None:
+    def chunk(text: str, finish: str | None = None, usage: bool = False) -> bytes:
+        body: dict[str, Any] = {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        }
+        if usage:
+            body["usage"] = _usage(outcome)
+        return event(body)
+
+    if echo:
+        await emit(chunk(echo))
+    async for delta in generate(lm, gen, outcome):
+        text = "".join(ev.text for ev in delta.events)
+        if text:
+            await emit(chunk(text))
+        if delta.finish_reason is not None:
+            await emit(chunk("", delta.finish_reason, usage=True))
+    if include_usage:
+        await emit(
+            event(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage(outcome),
+                }
+            )
+        )

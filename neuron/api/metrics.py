@@ -1,0 +1,70 @@
+"""The neuron's Prometheus metrics, on its own registry: request and token counters, load
+times, and per-model gauges (prefill / decode tok/s, queue, memory) read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from neuron.engine.generation import Outcome
+    from neuron.engine.residency import Residency
+
+
+class _ModelGauges(Collector):
+    def __init__(self, residency: Residency) -> None:
+        self.residency = residency
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "prefill": GaugeMetricFamily("neuron_prefill_tokens_per_second", "Recent prefill speed", labels=["model"]),
+            "decode": GaugeMetricFamily("neuron_decode_tokens_per_second", "Recent decode speed", labels=["model"]),
+            "in_flight": GaugeMetricFamily("neuron_requests_in_flight", "Requests generating", labels=["model"]),
+            "queued": GaugeMetricFamily("neuron_requests_queued", "Requests waiting for a slot", labels=["model"]),
+            "memory": GaugeMetricFamily("neuron_model_memory_bytes", "Measured model memory", labels=["model"]),
+        }
+        for model_id, entry in list(self.residency.entries.items()):
+            lm = entry.loaded
+            if lm is None:
+                continue
+            tp = lm.throughput
+            if tp.prefill_tps is not None:
+                families["prefill"].add_metric([model_id], tp.prefill_tps)
+            if tp.decode_tps is not None:
+                families["decode"].add_metric([model_id], tp.decode_tps)
+            families["in_flight"].add_metric([model_id], lm.admission.in_flight)
+            families["queued"].add_metric([model_id], lm.admission.queued)
+            families["memory"].add_metric([model_id], lm.memory_bytes)
+        yield from families.values()
+
+
+class NeuronMetrics:
+    def __init__(self, residency: Residency, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("neuron_requests_total", "Admitted requests", ["model", "endpoint"], registry=r)
+        self.prompt_tokens = Counter("neuron_prompt_tokens_total", "Prompt tokens processed", ["model"], registry=r)
+        self.completion_tokens = Counter("neuron_completion_tokens_total", "Tokens generated", ["model"], registry=r)
+        self.finished = Counter(
+            "neuron_requests_finished_total", "Finished requests", ["model", "endpoint", "finish_reason"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "neuron_model_load_seconds",
+            "Model load time",
+            ["model"],
+            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
+            registry=r,
+        )
+        r.register(_ModelGauges(residency))
+
+    def requests_started(self, model: str, endpoint: str) -> None:
+        self.requests.labels(model, endpoint).inc()
+
+    def requests_finished(self, model: str, endpoint: str, outcome: Outcome) -> None:
+        self.prompt_tokens.labels(model).inc(outcome.prompt_tokens)
+        self.completion_tokens.labels(model).inc(outcome.completion_tokens)
+        self.finished.labels(model, endpoint, outcome.finish_reason or "aborted").inc()

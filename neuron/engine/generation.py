@@ -1,0 +1,86 @@
+"""One request's generation, driven from the event loop one device job at a time: the prompt
+in chunks (bounded memory), then a decode job per token. Between jobs the loop sees
+cancellation, so a client that goes away stops its generation at the next token.
+
+Output goes through the streaming detokenizer (never splits a UTF-8 character), the stop-string
+matcher and the reasoning / tool-call parser, and comes out as :class:`Delta` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from tokenizers.decoders import DecodeStream
+
+from neuron.chat.output import Event, OutputParser, StopMatcher, ToolCall
+from neuron.engine.loaded import LoadedModel
+from neuron.engine.sampling import SamplingParams
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    params: SamplingParams
+    stop: list[str] = field(default_factory=list)
+    in_reasoning: bool = False
+    parse_tools: bool = True
+    prefill_chunk: int = 512
+
+
+@dataclass
+class Delta:
+    """A piece of output; the last one carries ``finish_reason``."""
+
+    events: list[Event]
+    finish_reason: str | None = None
+
+
+@dataclass
+class Outcome:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) -> AsyncIterator[Delta]:
+    """Yields output deltas; ``outcome`` is filled in as generation proceeds."""
+    worker, prompt = lm.worker, req.prompt_ids
+    parser = OutputParser(in_reasoning=req.in_reasoning, parse_tools=req.parse_tools)
+    stopper = StopMatcher(req.stop)
+    if req.max_new_tokens <= 0:
+        outcome.finish_reason = "length"
+        yield Delta([], "length")
+        return
+    seq = await worker.run(lm.start_sequence, prompt, len(prompt) + req.max_new_tokens, req.params)
+    token: int | None = None
+    for start in range(0, len(prompt), req.prefill_chunk):
+        chunk = prompt[start : start + req.prefill_chunk]
+        token = await worker.run(lm.prefill, seq, chunk, sample=start + req.prefill_chunk >= len(prompt))
+    assert token is not None
+    detok = DecodeStream(skip_special_tokens=True)
+    finish = "length"
+    while True:
+        outcome.completion_tokens += 1
+        if token in lm.eos_ids:
+            finish = "stop"
+            break
+        piece = detok.step(lm.tokenizer, token)
+        if piece:
+            events = parser.feed(stopper.feed(piece))
+            if events:
+                yield Delta(events)
+            if stopper.stopped:
+                finish = "stop"
+                break
+        if outcome.completion_tokens >= req.max_new_tokens:
+            break
+        token = await worker.run(lm.decode, seq, token)
+    tail = parser.feed(stopper.flush()) + parser.finish()
+    outcome.tool_calls = parser.tool_calls
+    if finish == "stop" and parser.tool_calls:
+        finish = "tool_calls"
+    outcome.finish_reason = finish
+    yield Delta(tail, finish)

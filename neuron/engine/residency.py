@@ -1,0 +1,251 @@
+"""The models this neuron holds: loading (idempotent, joinable, in the background or waited
+for), listing with measured memory, and unloading once in-flight requests have finished."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cortex.protocol.errors import ApiError, invalid
+from cortex.protocol.fleet import ModelHealth, ModelInfo, ModelSpec
+from neuron import hardware
+from neuron.config import NeuronConfig
+from neuron.engine.admission import Admission
+from neuron.engine.loaded import LoadedModel, load_model
+from neuron.engine.worker import DeviceWorker
+from neuron.loading.resolve import check_model_id, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+HARNESSES = ("torch",)
+HARNESS_ALIASES = ("torch", "candle")  # the earlier engine's name is accepted as the same engine
+
+
+@dataclass
+class Entry:
+    spec: ModelSpec
+    devices: list[int]
+    status: str = "loading"  # loading | loaded | failed | unloading
+    progress: float = 0.0
+    error: str | None = None
+    failure: ApiError | None = None
+    loaded: LoadedModel | None = None
+    task: asyncio.Task | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+class Residency:
+    def __init__(self, config: NeuronConfig) -> None:
+        self.config = config
+        self.entries: dict[str, Entry] = {}
+        self.workers: dict[str, DeviceWorker] = {}
+        self.load_seconds: list[float] = []  # for /metrics
+
+    # --- placement ------------------------------------------------------------------------
+
+    def _device_for(self, spec: ModelSpec) -> tuple[torch.device, list[int]]:
+        if spec.tensor_parallel not in (None, 1) or (spec.devices is not None and len(spec.devices) > 1):
+            raise invalid(
+                "tensor parallelism (more than one device) is not supported by this neuron yet", param="tensor_parallel"
+            )
+        has_cuda = torch.cuda.is_available()
+        if spec.devices is not None:
+            if not spec.devices:
+                return torch.device("cpu"), []
+            index = spec.devices[0]
+            if not has_cuda or not 0 <= index < torch.cuda.device_count():
+                count = torch.cuda.device_count() if has_cuda else 0
+                raise invalid(f"device {index} does not exist: this host has {count} CUDA devices", param="devices")
+            return torch.device("cuda", index), [index]
+        if self.config.device == "cuda" or (self.config.device == "auto" and has_cuda):
+            if not has_cuda:
+                raise invalid("device = 'cuda' is configured but this host has no CUDA device")
+            return torch.device("cuda", 0), [0]
+        return torch.device("cpu"), []
+
+    def _dtype_for(self, device: torch.device) -> torch.dtype:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        choice = self.config.cpu_dtype
+        if choice == "auto":
+            return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        return getattr(torch, choice)
+
+    def _worker(self, device: torch.device) -> DeviceWorker:
+        key = str(device)
+        if key not in self.workers:
+            self.workers[key] = DeviceWorker(device)
+        return self.workers[key]
+
+    def _free_bytes(self, device: torch.device):
+        if device.type == "cuda":
+            return lambda: torch.cuda.mem_get_info(device)[0]
+        return lambda: hardware.memory_free_mb() << 20
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def load(self, spec: ModelSpec) -> Entry:
+        """Starts (or joins) a load; returns its entry. Bad specs raise at once."""
+        check_model_id(spec.model_id)
+        if spec.harness is not None and spec.harness not in HARNESS_ALIASES:
+            raise invalid(
+                f"harness {spec.harness!r} is not available: this neuron runs {', '.join(HARNESSES)}", param="harness"
+            )
+        if spec.quant is not None:
+            raise invalid(
+                f"quant {spec.quant!r} is not supported yet: this neuron loads safetensors weights unquantized",
+                param="quant",
+            )
+        entry = self.entries.get(spec.model_id)
+        if entry is not None and entry.status in ("loading", "loaded"):
+            return entry
+        if entry is not None and entry.status == "unloading":
+            raise ApiError("conflict", f"model {spec.model_id!r} is being unloaded; load it again once that is done")
+        device, devices = self._device_for(spec)
+        entry = Entry(spec=spec, devices=devices)
+        self.entries[spec.model_id] = entry
+        entry.task = asyncio.get_running_loop().create_task(self._load(entry, device), name=f"load {spec.model_id}")
+        return entry
+
+    async def _load(self, entry: Entry, device: torch.device) -> None:
+        model_id = entry.spec.model_id
+        started = time.monotonic()
+        log.info("loading %s on %s", model_id, device)
+        try:
+            model_dir = await asyncio.to_thread(
+                resolve_model_dir,
+                model_id,
+                roots=self.config.model_roots,
+                hf_cache=self.config.hf_cache or "",
+                allow_download=self.config.allow_download,
+            )
+            adm = self.config.admission
+            admission = Admission(model_id, adm.max_in_flight, adm.max_queue_depth, adm.max_wait_secs)
+            worker = self._worker(device)
+
+            def progress(fraction: float) -> None:
+                entry.progress = fraction
+
+            entry.loaded = await worker.run(
+                load_model,
+                model_id,
+                model_dir,
+                worker,
+                self._dtype_for(device),
+                admission,
+                free_bytes=self._free_bytes(device),
+                progress=progress,
+            )
+            entry.status, entry.progress = "loaded", 1.0
+            self.load_seconds.append(time.monotonic() - started)
+            log.info(
+                "loaded %s on %s in %.1f s (%d MiB, %s)",
+                model_id,
+                device,
+                time.monotonic() - started,
+                entry.loaded.memory_bytes >> 20,
+                str(entry.loaded.dtype).removeprefix("torch."),
+            )
+        except ApiError as exc:
+            entry.status, entry.error, entry.failure = "failed", exc.message, exc
+            log.info("loading %s failed: %s", model_id, exc.message)
+        except Exception as exc:  # a bug or a broken checkpoint: keep the neuron serving
+            log.exception("loading %s failed", model_id)
+            entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
+            entry.failure = ApiError("internal", f"loading {model_id!r} failed: {type(exc).__name__}: {exc}")
+
+    async def wait_loaded(self, entry: Entry) -> None:
+        """Waits for a load; raises its failure (with its own status) when it failed."""
+        if entry.task is not None:
+            await asyncio.shield(entry.task)
+        if entry.status == "failed":
+            raise entry.failure or ApiError("internal", entry.error or "load failed")
+
+    async def unload(self, model_id: str) -> None:
+        entry = self.entries.get(model_id)
+        if entry is None or entry.status == "unloading":
+            raise ApiError("not_found", f"model {model_id!r} is not loaded", param="model_id")
+        if entry.status == "loading" and entry.task is not None:
+            await asyncio.shield(entry.task)
+        entry.status = "unloading"
+        loaded = entry.loaded
+        if loaded is not None:
+            await loaded.admission.drained()
+            await loaded.worker.run(_release, loaded)
+        self.entries.pop(model_id, None)
+        log.info("unloaded %s", model_id)
+
+    def get(self, model_id: str) -> LoadedModel:
+        """The loaded model for a request; 404 when unknown, 503 while it loads or unloads."""
+        entry = self.entries.get(model_id)
+        if entry is None or entry.status == "failed":
+            loaded = ", ".join(sorted(m for m, e in self.entries.items() if e.status == "loaded")) or "none"
+            raise ApiError(
+                "not_found", f"model {model_id!r} is not loaded on this neuron (loaded: {loaded})", param="model"
+            )
+        if entry.status != "loaded" or entry.loaded is None:
+            raise ApiError(
+                "unavailable", f"model {model_id!r} is {entry.status}", code=f"model_{entry.status}", retry_after=2.0
+            )
+        return entry.loaded
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def infos(self) -> list[ModelInfo]:
+        out = []
+        for model_id, e in self.entries.items():
+            lm = e.loaded
+            out.append(
+                ModelInfo(
+                    id=model_id,
+                    harness="torch",
+                    status="loading" if e.status == "unloading" else e.status,
+                    devices=e.devices,
+                    vram_used_mb=(lm.memory_bytes >> 20) if lm is not None else None,
+                    quant=e.spec.quant,
+                    context_length=lm.context_length if lm is not None else None,
+                    load_progress=round(e.progress, 3),
+                    error=e.error,
+                )
+            )
+        return out
+
+    def health(self) -> dict[str, ModelHealth]:
+        out = {}
+        for model_id, e in self.entries.items():
+            adm = e.loaded.admission if e.loaded is not None else None
+            out[model_id] = ModelHealth(
+                status=e.status,
+                in_flight=adm.in_flight if adm else 0,
+                queued=adm.queued if adm else 0,
+                load_progress=round(e.progress, 3),
+            )
+        return out
+
+    async def close(self) -> None:
+        for model_id in list(self.entries):
+            with contextlib.suppress(ApiError):
+                await self.unload(model_id)
+        for worker in self.workers.values():
+            worker.close()
+
+
+def _release(lm: LoadedModel) -> None:
+    """Drops the model's tensors on its own thread and returns cached device memory."""
+    lm.net = None  # type: ignore[assignment]
+    if lm.device.type == "cuda":
+        torch.cuda.empty_cache()

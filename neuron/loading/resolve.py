@@ -1,0 +1,95 @@
+"""Model id -> local directory: ``model_roots`` first, then the HF cache, then (when allowed) a
+hub download into that cache. Ids are ``org/name`` or ``name``; they never name a path: ``..``,
+absolute paths and anything that resolves outside the roots or the cache are refused (400).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from cortex.protocol.errors import ApiError, invalid
+
+log = logging.getLogger(__name__)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+
+
+def check_model_id(model_id: str) -> str:
+    if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
+        raise invalid(
+            f"model id {model_id!r} is not a valid id: expected 'org/name' or 'name' "
+            "(letters, digits, '.', '_', '-'), never a filesystem path",
+            param="model_id",
+        )
+    return model_id
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _from_roots(model_id: str, roots: list[str]) -> Path | None:
+    for root in roots:
+        candidate = Path(root) / model_id
+        if (candidate / "config.json").is_file():
+            if not _within(candidate, Path(root)):
+                raise invalid(f"model {model_id!r} resolves outside its model root {root}", param="model_id")
+            return candidate.resolve()
+    return None
+
+
+def _from_hf_cache(model_id: str, cache: Path) -> Path | None:
+    repo = cache / ("models--" + model_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    revisions = [ref.read_text().strip()] if ref.is_file() else []
+    revisions += sorted(
+        (p.name for p in snapshots.iterdir()), key=lambda n: (snapshots / n).stat().st_mtime, reverse=True
+    )
+    for rev in revisions:
+        snap = snapshots / rev
+        if (snap / "config.json").is_file() and _within(snap, cache):
+            return snap
+    return None
+
+
+def resolve_model_dir(model_id: str, *, roots: list[str], hf_cache: str, allow_download: bool) -> Path:
+    """Where the files of ``model_id`` are; raises ApiError 400 (bad id) or 404 (not found)."""
+    check_model_id(model_id)
+    found = _from_roots(model_id, roots) or _from_hf_cache(model_id, Path(hf_cache))
+    if found is not None:
+        return found
+    if allow_download:
+        log.info("downloading %s from the hub into %s", model_id, hf_cache)
+        try:
+            from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+        except ImportError:  # pragma: no cover - part of the neuron extra
+            raise ApiError("not_found", f"model {model_id!r} is not local and huggingface_hub is missing") from None
+        try:
+            path = Path(snapshot_download(model_id, cache_dir=hf_cache, allow_patterns=DOWNLOAD_PATTERNS))
+        except RepositoryNotFoundError:
+            raise ApiError("not_found", f"model {model_id!r} was not found on the hub", param="model_id") from None
+        except (HfHubHTTPError, OSError) as exc:
+            raise ApiError(
+                "not_found", f"model {model_id!r} could not be downloaded: {exc}", param="model_id"
+            ) from None
+        if not (path / "config.json").is_file():
+            raise ApiError("not_found", f"model {model_id!r} on the hub has no config.json", param="model_id")
+        return path
+    where = ", ".join(roots) if roots else "(no model_roots)"
+    raise ApiError(
+        "not_found",
+        f"model {model_id!r} was not found in model_roots {where} or the HF cache {hf_cache}, "
+        "and downloads are disabled (allow_download = false)",
+        param="model_id",
+    )

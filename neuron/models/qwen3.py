@@ -1,0 +1,206 @@
+"""Qwen3 (dense): our own torch modules with HF names, checked against transformers.
+
+Attribute paths equal checkpoint keys (``model.layers.3.self_attn.q_proj.weight``) except the
+fusions declared in :data:`FUSED`, which the loader fills block by block. One sequence at a time:
+inputs are 1-D token ids, the KV cache is preallocated per sequence (``layers.KVCache``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cortex.protocol.errors import ApiError
+from neuron.models.layers import KVCache, Linear, RMSNorm, RotaryEmbedding, apply_rotary, empty_param
+
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+class Qwen3Config(msgspec.Struct, kw_only=True, frozen=True):
+    """The fields of config.json we use, HF names, resolved once (defaults filled in)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Qwen3Config:
+        def unsupported(what: str) -> ApiError:
+            return ApiError("conflict", f"qwen3 with {what} is not supported by this neuron", code="unsupported_model")
+
+        if raw.get("attention_bias"):
+            raise unsupported("attention_bias = true")
+        if raw.get("use_sliding_window"):
+            raise unsupported("use_sliding_window = true")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise unsupported(f"hidden_act = {raw['hidden_act']!r}")
+        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+            raise unsupported(f"rope type {rope.get('rope_type', rope.get('type'))!r}")
+        theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        heads = int(raw["num_attention_heads"])
+        try:
+            return cls(
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=int(raw["hidden_size"]),
+                intermediate_size=int(raw["intermediate_size"]),
+                num_hidden_layers=int(raw["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+                head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
+                max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(theta),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            )
+        except KeyError as exc:
+            raise ApiError("invalid_request", f"config.json lacks {exc.args[0]!r}", code="bad_model_config") from None
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(self, cfg: Qwen3Config, layer_idx: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_size, self.kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        sizes = (self.q_size, self.kv_size, self.kv_size)
+        self.qkv_proj = Linear(
+            cfg.hidden_size,
+            sum(sizes),
+            dtype=dtype,
+            device=device,
+            shards=dict(zip(FUSED["qkv_proj"], sizes, strict=True)),
+        )
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, dtype=dtype, device=device)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        start: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = apply_rotary(self.q_norm(q.view(t, self.heads, self.head_dim)).transpose(0, 1), cos, sin)
+        k = apply_rotary(self.k_norm(k.view(t, self.kv_heads, self.head_dim)).transpose(0, 1), cos, sin)
+        keys, values = cache.write(self.layer_idx, start, k, v.view(t, self.kv_heads, self.head_dim).transpose(0, 1))
+        out = F.scaled_dot_product_attention(
+            q[None],
+            keys[None],
+            values[None],
+            attn_mask=mask,
+            is_causal=mask is None and start == 0 and t > 1,
+            scale=self.head_dim**-0.5,
+            enable_gqa=self.heads != self.kv_heads,
+        )
+        return self.o_proj(out[0].transpose(0, 1).reshape(t, self.q_size))
+
+
+class Qwen3MLP(nn.Module):
+    def __init__(self, cfg: Qwen3Config, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        sizes = (cfg.intermediate_size, cfg.intermediate_size)
+        self.gate_up_proj = Linear(
+            cfg.hidden_size,
+            sum(sizes),
+            dtype=dtype,
+            device=device,
+            shards=dict(zip(FUSED["gate_up_proj"], sizes, strict=True)),
+        )
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Qwen3DecoderLayer(nn.Module):
+    def __init__(self, cfg: Qwen3Config, layer_idx: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.self_attn = Qwen3Attention(cfg, layer_idx, dtype=dtype, device=device)
+        self.mlp = Qwen3MLP(cfg, dtype=dtype, device=device)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+
+    def forward(self, x, cos, sin, cache, start, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, cfg: Qwen3Config, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Module()
+        self.embed_tokens.weight = empty_param(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(
+            Qwen3DecoderLayer(cfg, i, dtype=dtype, device=device) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, device=device)
+
+    def forward(self, ids: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
+        t = ids.shape[0]
+        x = F.embedding(ids, self.embed_tokens.weight)
+        positions = torch.arange(start, start + t, device=ids.device)
+        cos, sin = self.rotary_emb(positions, x.dtype)
+        mask = None
+        if t > 1 and start > 0:  # a prefill chunk after earlier tokens: causal, shifted by start
+            keys = torch.arange(start + t, device=ids.device)
+            mask = keys[None, :] <= positions[:, None]
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, start, mask)
+        return self.norm(x)
+
+
+class Qwen3ForCausalLM(nn.Module):
+    model_type = "qwen3"
+    config_class = Qwen3Config
+
+    def __init__(self, cfg: Qwen3Config, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Model(cfg, dtype=dtype, device=device)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype=dtype, device=device)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def tied_names(self) -> set[str]:
+        """Checkpoint names that duplicate a tied weight (present in some checkpoints)."""
+        return {"lm_head.weight"} if self.config.tie_word_embeddings else set()
+
+    def new_cache(self, capacity: int) -> KVCache:
+        cfg, w = self.config, self.model.embed_tokens.weight
+        return KVCache(
+            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, capacity, dtype=w.dtype, device=w.device
+        )
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, start: int, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
+        """Runs ``ids`` at positions ``start..`` and returns float32 logits of the last position
+        (``[vocab]``), or of every position (``[T, vocab]``) with ``all_logits``."""
+        h = self.model(ids, start, cache)
+        if not all_logits:
+            h = h[-1:]
+        logits = self.lm_head(h).float()
+        return logits if all_logits else logits[0]
+
+
+ARCHITECTURES = {"Qwen3ForCausalLM": Qwen3ForCausalLM}

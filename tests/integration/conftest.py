@@ -1,0 +1,196 @@
+"""Real ``neuron serve`` processes on free loopback ports, serving models the tests build:
+the packaged demo model and "scripted" tiny Qwen3 models whose weights make greedy decoding
+follow a chosen token chain (attention and MLP outputs zeroed, orthogonal embeddings, an
+lm_head that maps each chain token to the next), so API behaviour can be asserted exactly."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from neuron.chat.template import ChatTemplate
+from neuron.demo import (
+    MARKUP_TOKENS,
+    demo_template,
+    demo_text,
+    qwen3_config,
+    random_weights,
+    train_tokenizer,
+    write_demo_model,
+    write_model_dir,
+)
+
+AFTER_TOOL = "<after_tool>"
+SCRIPTS = {
+    "test/plain": {"turn": ["Hello", " there!", " How can I help?"]},
+    "test/think": {"turn": ["<think>", "\nLet me think about it.\n", "</think>", "\n\nThe answer is 42."]},
+    "test/tools": {
+        "turn": ["<tool_call>", '\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n', "</tool_call>"],
+        "after_tool": ["The weather in Paris is sunny."],
+    },
+    "test/stop": {"turn": ["Once upon a time", " END", " they lived happily."]},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scripted_template() -> str:
+    """The demo template, plus a marker token after a tool result, so a model can tell the turns apart."""
+    tail = "{{- '<|im_start|>assistant\\n' -}}"
+    assert tail in demo_template()
+    return demo_template().replace(
+        tail, tail + "{%- if messages[-1].role == 'tool' -%}{{- '" + AFTER_TOOL + "' -}}{%- endif -%}"
+    )
+
+
+def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: int = 4096) -> Path:
+    pieces = [p for chain in scripts.values() for p in chain]
+    assert len(pieces) == len(set(pieces)), "a chain token may appear once (the model is a bigram machine)"
+    extra = [p for p in pieces if p not in MARKUP_TOKENS] + [AFTER_TOOL]
+    tok = train_tokenizer(demo_text(), vocab_size=512, extra_tokens=extra)
+    cfg = qwen3_config(
+        (tok.get_vocab_size() + 63) // 64 * 64, tie_word_embeddings=False, max_position_embeddings=context
+    )
+    w = random_weights(cfg, seed=3)
+    for name in w:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            w[name].zero_()  # the residual stream carries the token's embedding unchanged
+    template = ChatTemplate(scripted_template())
+
+    def last_id(messages) -> int:
+        return tok.encode(template.render(messages), add_special_tokens=False).ids[-1]
+
+    user = [{"role": "user", "content": "hi"}]
+    tool = [*user, {"role": "assistant", "content": "", "tool_calls": []}, {"role": "tool", "content": "x"}]
+    triggers = {"turn": last_id(user), "after_tool": last_id(tool)}
+    eos = tok.token_to_id("<|im_end|>")
+    nxt: dict[int, int] = {}
+    for kind, chain in scripts.items():
+        ids = [triggers[kind]]
+        for p in chain:
+            enc = tok.encode(p, add_special_tokens=False).ids
+            assert len(enc) == 1, f"{p!r} must be one token"
+            ids.append(enc[0])
+        ids.append(eos)
+        for a, b in itertools.pairwise(ids):
+            nxt[a] = b
+    hidden = cfg["hidden_size"]
+    chain_tokens = sorted(set(nxt) | set(nxt.values()))
+    assert len(chain_tokens) <= hidden
+    basis, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(5)))
+    slot = {t: basis[:, i] for i, t in enumerate(chain_tokens)}
+    w["lm_head.weight"] = torch.zeros(cfg["vocab_size"], hidden)
+    for t in chain_tokens:
+        w["model.embed_tokens.weight"][t] = slot[t] * math.sqrt(hidden)  # unit RMS
+    for a, b in nxt.items():
+        w["lm_head.weight"][b] += 20.0 * slot[a]  # logit 160 for the next token, 0 for every other
+    return write_model_dir(out, tok, cfg, w, template=scripted_template(), generation={"temperature": 1.0})
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_demo_model(root / "helexa" / "demo")
+    for model_id, scripts in SCRIPTS.items():
+        write_scripted_model(root / model_id, scripts)
+    write_scripted_model(root / "test" / "short", SCRIPTS["test/plain"], context=64)
+    write_scripted_model(root / "test" / "extra", SCRIPTS["test/plain"])
+    llama = root / "test" / "llama"
+    write_scripted_model(llama, SCRIPTS["test/plain"])
+    cfg = json.loads((llama / "config.json").read_text())
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    (llama / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+class NeuronProcess:
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "neuron.cli", "serve", "--config", str(config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=config_path.parent,
+            env=env,
+            start_new_session=True,
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, models: list[str], deadline_secs: float = 90.0) -> None:
+        deadline = time.monotonic() + deadline_secs
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"neuron exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                health = httpx.get(self.url + "/health", timeout=2).json()
+                states = {m: health["models"].get(m, {}).get("status") for m in models}
+                if all(s == "loaded" for s in states.values()):
+                    return
+                if any(s == "failed" for s in states.values()):
+                    pytest.fail(f"a default model failed to load: {states}\n{self.log_tail()}")
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"neuron not ready after {deadline_secs} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def write_config(path: Path, port: int, root: Path, defaults: list[str], **admission: int | float) -> Path:
+    lines = [f"port = {port}", 'host = "127.0.0.1"', f'model_roots = ["{root}"]', "allow_download = false"]
+    lines.append('cpu_dtype = "float32"')
+    if admission:
+        lines.append("[admission]")
+        lines += [f"{k} = {v}" for k, v in admission.items()]
+    for model_id in defaults:
+        lines += ["[[default_models]]", f'model_id = "{model_id}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+DEFAULTS = ["helexa/demo", "test/plain", "test/think", "test/tools", "test/stop", "test/short"]
+
+
+@pytest.fixture(scope="module")
+def running_neuron(model_root, tmp_path_factory) -> Iterator[NeuronProcess]:
+    work = tmp_path_factory.mktemp("neuron")
+    port = free_port()
+    cfg = write_config(
+        work / "neuron.toml", port, model_root, DEFAULTS, max_in_flight=1, max_queue_depth=1, max_wait_secs=30
+    )
+    server = NeuronProcess(cfg, port, work / "neuron.log")
+    try:
+        server.wait_ready(DEFAULTS)
+        yield server
+    finally:
+        server.stop()
