@@ -9,6 +9,7 @@
 #include "common/cpu_isa.h"
 #include "common/dtype.h"
 #include "common/thread_pool.h"
+#include "dense/dense.h"
 #include "quant/quant.h"
 
 #ifndef HELEXA_VERSION
@@ -44,7 +45,7 @@ py::dict build_info() {
   info["cuda_archs"] = std::string(HELEXA_CUDA_ARCHS);
   info["compiler"] = std::string(__VERSION__);
   info["cpu_isas"] = helexa::usable_isa_names();
-  info["native_kernels"] = std::vector<std::string>{"quant"};
+  info["native_kernels"] = std::vector<std::string>{"quant", "dense"};
   return info;
 }
 
@@ -70,6 +71,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("name"), "Cap the CPU kernel variant (for tests and benchmarks)");
   m.def("num_threads", &helexa::num_threads, "Threads of the kernel thread pool");
   m.def("set_num_threads", &helexa::set_num_threads, py::arg("n"));
+  m.def("pool_spin_us", &helexa::spin_us, "How long idle pool threads spin before sleeping (microseconds)");
+  m.def("set_pool_spin_us", &helexa::set_spin_us, py::arg("us"));
 
   m.def("block_elems", [](QuantType t) { return helexa::quant::traits(t).block_elems; }, py::arg("qtype"));
   m.def("block_bytes", [](QuantType t) { return helexa::quant::traits(t).block_bytes; }, py::arg("qtype"));
@@ -88,6 +91,22 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("out"), py::arg("x"), py::arg("rows"), py::arg("cols"), py::arg("qtype"),
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "gemv_bf16_cpu",
+      [](uintptr_t y, uintptr_t x, uintptr_t w, int64_t n, int64_t k, DType y_t) {
+        helexa::dense::gemv_bf16_cpu(ptr<void>(y), ptr<const uint16_t>(x), ptr<const uint16_t>(w), n, k, y_t);
+      },
+      py::arg("y"), py::arg("x"), py::arg("w"), py::arg("n"), py::arg("k"), py::arg("y_dtype"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "rms_norm_bf16_cpu",
+      [](uintptr_t out, uintptr_t x, uintptr_t w, int64_t outer, int64_t inner, int64_t dim, int64_t outer_stride,
+         int64_t inner_stride, float eps) {
+        helexa::dense::rms_norm_bf16_cpu(ptr<uint16_t>(out), ptr<const uint16_t>(x), ptr<const uint16_t>(w), outer,
+                                         inner, dim, outer_stride, inner_stride, eps);
+      },
+      py::arg("out"), py::arg("x"), py::arg("w"), py::arg("outer"), py::arg("inner"), py::arg("dim"),
+      py::arg("outer_stride"), py::arg("inner_stride"), py::arg("eps"), py::call_guard<py::gil_scoped_release>());
   m.def("qmatmul_workspace_bytes", &helexa::quant::qmatmul_workspace_bytes, py::arg("m"), py::arg("k"),
         py::arg("qtype"));
   m.def(

@@ -23,7 +23,13 @@
 namespace helexa {
 namespace {
 
-constexpr auto kSpin = std::chrono::microseconds(200);
+// How long idle threads (and a waiting caller) spin before sleeping on a condition variable.
+std::atomic<int64_t> g_spin_us{[] {
+  const char* env = std::getenv("HELEXA_SPIN_US");
+  return env != nullptr ? std::atoll(env) : int64_t{200};
+}()};
+
+std::chrono::microseconds spin_time() { return std::chrono::microseconds(g_spin_us.load(std::memory_order_relaxed)); }
 
 int default_threads() {
   if (const char* env = std::getenv("HELEXA_NUM_THREADS")) {
@@ -94,7 +100,7 @@ class Pool {
   }
 
   void wait_done() {
-    const auto until = std::chrono::steady_clock::now() + kSpin;
+    const auto until = std::chrono::steady_clock::now() + spin_time();
     while (pending_.load(std::memory_order_acquire) != 0) {
       if (std::chrono::steady_clock::now() > until) {
         std::unique_lock<std::mutex> lk(done_mu_);
@@ -119,7 +125,7 @@ class Pool {
     for (;;) {
       uint64_t gen = generation_.load(std::memory_order_acquire);
       if (gen == seen) {
-        const auto until = std::chrono::steady_clock::now() + kSpin;
+        const auto until = std::chrono::steady_clock::now() + spin_time();
         while ((gen = generation_.load(std::memory_order_acquire)) == seen &&
                std::chrono::steady_clock::now() < until) {
           HELEXA_PAUSE();
@@ -191,6 +197,13 @@ void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("number of threads must be >= 1");
   pool().set_threads(n);
 }
+
+void set_spin_us(int64_t us) {
+  if (us < 0) throw std::invalid_argument("spin time must be >= 0 microseconds");
+  g_spin_us.store(us);
+}
+
+int64_t spin_us() { return g_spin_us.load(); }
 
 void run_parallel(int64_t n, int64_t grain, RangeFn fn, void* ctx) { pool().run(n, grain, fn, ctx); }
 

@@ -19,6 +19,11 @@ int num_threads();
 void set_num_threads(int n);  // n >= 1; takes effect at the next parallel_for
 void run_parallel(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 
+// Idle spin before sleeping (HELEXA_SPIN_US, default 200 us): longer keeps back-to-back kernels
+// of a decode step from paying a wake-up each; shorter frees the cores sooner for other pools.
+void set_spin_us(int64_t us);
+int64_t spin_us();
+
 template <class F>
 void parallel_for(int64_t n, int64_t grain, F&& f) {
   using Fn = std::remove_reference_t<F>;

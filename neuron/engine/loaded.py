@@ -18,6 +18,7 @@ import torch
 from tokenizers import Tokenizer
 
 from cortex.protocol.errors import ApiError
+from neuron import ops
 from neuron.chat.template import ChatTemplate
 from neuron.engine.admission import Admission
 from neuron.engine.sampling import Sampler, SamplingParams
@@ -57,6 +58,26 @@ class Sequence:
     cache: KVCache
     sampler: Sampler
     position: int = 0
+
+
+_TORCH_THREADS = torch.get_num_threads()
+DECODE_SPIN_US, PREFILL_SPIN_US = 2000, 0
+
+
+def _cpu_phase(device: torch.device, dtype: torch.dtype, *, decode: bool) -> None:
+    """Shares the CPU between torch's thread pool and ours for the step about to run.
+
+    A decode step is our GEMV kernels back to back with small torch ops between them: torch
+    gets one thread (an idle OpenMP team would spin on the cores our kernels need) and our pool
+    spins between kernels. A prefill is torch's matrix products: all threads to torch, and our
+    pool sleeps at once when idle.
+    """
+    if device.type != "cpu" or dtype != torch.bfloat16:  # float32 decode is torch's own GEMV
+        return
+    want = 1 if decode else _TORCH_THREADS
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+        ops.set_pool_spin_us(DECODE_SPIN_US if decode else PREFILL_SPIN_US)
 
 
 def architecture_of(model_dir: Path) -> tuple[type, dict[str, Any]]:
@@ -149,6 +170,7 @@ class LoadedModel:
 
     def prefill(self, seq: Sequence, ids: list[int], *, sample: bool) -> int | None:
         """Runs a chunk of the prompt; on the last chunk samples the first new token."""
+        _cpu_phase(self.device, self.dtype, decode=False)
         t0 = time.perf_counter()
         logits = self.net(torch.tensor(ids, dtype=torch.long, device=self.device), seq.position, seq.cache)
         seq.position += len(ids)
@@ -160,6 +182,7 @@ class LoadedModel:
 
     def decode(self, seq: Sequence, token: int) -> int:
         """Feeds the last token and samples the next."""
+        _cpu_phase(self.device, self.dtype, decode=True)
         t0 = time.perf_counter()
         logits = self.net(torch.tensor([token], dtype=torch.long, device=self.device), seq.position, seq.cache)
         seq.position += 1

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuron import ops
+
 
 def empty_param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
     """An uninitialised parameter: every weight is filled by the loader, so no time goes to init."""
@@ -24,10 +26,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        if x.dtype == torch.bfloat16 and self.weight.dtype == torch.bfloat16 and x.device.type == "cpu":
+            return ops.rms_norm_bf16(x, self.weight, self.eps)
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * h.to(x.dtype)
 
 
 class Linear(nn.Module):
@@ -48,7 +50,16 @@ class Linear(nn.Module):
         self.shards = shards or {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        w = self.weight
+        # A decode step of a bf16 model on the CPU: our GEMV streams the weight near memory speed.
+        if (
+            x.dtype == torch.bfloat16
+            and w.dtype == torch.bfloat16
+            and x.numel() == w.shape[1]
+            and x.device.type == "cpu"
+        ):
+            return ops.gemv_bf16(x, w)
+        return F.linear(x, w)
 
 
 class RotaryEmbedding(nn.Module):
@@ -66,31 +77,35 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [heads, T, head_dim]; cos/sin: [T, head_dim]."""
+    """x: [T, heads, head_dim]; cos/sin: [T, 1, head_dim]."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
 
 class KVCache:
-    """Keys and values of one sequence for every layer, allocated once for ``capacity`` tokens."""
+    """Keys and values of one sequence for every layer, allocated once for ``capacity`` tokens.
+
+    Token-major (``[layers, capacity, kv_heads, head_dim]``): writing a step is one contiguous copy,
+    and attention reads a transposed view.
+    """
 
     def __init__(
         self, layers: int, kv_heads: int, head_dim: int, capacity: int, *, dtype: torch.dtype, device: torch.device
     ) -> None:
-        shape = (layers, kv_heads, capacity, head_dim)
+        shape = (layers, capacity, kv_heads, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.capacity = capacity
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stores k/v [kv_heads, T, head_dim] at ``start``; returns everything up to start + T."""
-        end = start + k.shape[1]
+        """Stores k/v [T, kv_heads, head_dim] at ``start``; returns [kv_heads, start + T, head_dim] views."""
+        end = start + k.shape[0]
         if end > self.capacity:
             raise ValueError(f"KV cache holds {self.capacity} tokens; position {end} is past it")
-        self.k[layer, :, start:end] = k
-        self.v[layer, :, start:end] = v
-        return self.k[layer, :, :end], self.v[layer, :, :end]
+        self.k[layer, start:end] = k
+        self.v[layer, start:end] = v
+        return self.k[layer, :end].transpose(0, 1), self.v[layer, :end].transpose(0, 1)
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cortex.protocol.errors import ApiError
-from neuron.models.layers import KVCache, Linear, RMSNorm, RotaryEmbedding, apply_rotary, empty_param
+from neuron.models.layers import (
+    KVCache,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    empty_param,
+)
 
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -98,11 +105,11 @@ class Qwen3Attention(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = apply_rotary(self.q_norm(q.view(t, self.heads, self.head_dim)).transpose(0, 1), cos, sin)
-        k = apply_rotary(self.k_norm(k.view(t, self.kv_heads, self.head_dim)).transpose(0, 1), cos, sin)
-        keys, values = cache.write(self.layer_idx, start, k, v.view(t, self.kv_heads, self.head_dim).transpose(0, 1))
+        q = apply_rotary(self.q_norm(q.view(t, self.heads, self.head_dim)), cos, sin)
+        k = apply_rotary(self.k_norm(k.view(t, self.kv_heads, self.head_dim)), cos, sin)
+        keys, values = cache.write(self.layer_idx, start, k, v.view(t, self.kv_heads, self.head_dim))
         out = F.scaled_dot_product_attention(
-            q[None],
+            q.transpose(0, 1)[None],
             keys[None],
             values[None],
             attn_mask=mask,
@@ -160,6 +167,7 @@ class Qwen3Model(nn.Module):
         x = F.embedding(ids, self.embed_tokens.weight)
         positions = torch.arange(start, start + t, device=ids.device)
         cos, sin = self.rotary_emb(positions, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         mask = None
         if t > 1 and start > 0:  # a prefill chunk after earlier tokens: causal, shifted by start
             keys = torch.arange(start + t, device=ids.device)

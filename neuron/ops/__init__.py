@@ -6,8 +6,16 @@ from neuron.ops._lib import (
     build_info,
     cpu_isa,
     num_threads,
+    pool_spin_us,
     set_cpu_isa,
     set_num_threads,
+    set_pool_spin_us,
+)
+from neuron.ops.dense import (
+    gemv_bf16,
+    gemv_bf16_ref,
+    rms_norm_bf16,
+    rms_norm_ref,
 )
 from neuron.ops.quant import (
     QUANT_TYPES,
@@ -28,10 +36,16 @@ __all__ = [
     "cpu_isa",
     "dequantize",
     "dequantize_ref",
+    "gemv_bf16",
+    "gemv_bf16_ref",
     "num_threads",
+    "pool_spin_us",
     "qmatmul",
     "qmatmul_ref",
     "quantize",
+    "rms_norm_bf16",
+    "rms_norm_ref",
     "set_cpu_isa",
     "set_num_threads",
+    "set_pool_spin_us",
 ]

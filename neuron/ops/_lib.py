@@ -62,4 +62,14 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(n)
 
 
+def pool_spin_us() -> int:
+    return _C.pool_spin_us()
+
+
+def set_pool_spin_us(us: int) -> None:
+    """How long idle pool threads spin before sleeping: long while a decode step issues kernel
+    after kernel, short when other thread pools (torch's) need the cores."""
+    _C.set_pool_spin_us(us)
+
+
 native = _C

@@ -1,0 +1,97 @@
+// AVX-512 bf16 GEMV, two variants: AVX-512F widening bf16 to float32 for FMA, and AVX-512 BF16
+// (vdpbf16ps: bf16 pairs multiplied exactly, summed into float32 lanes). Four rows per pass,
+// masked loads for a K tail; while a group of rows streams in, the same columns of the next
+// group are prefetched (the hardware prefetcher alone leaves bandwidth unused).
+// This file uses no standard-library templates: see the note in quant/blocks.h.
+#include <immintrin.h>
+
+#include "dense/decode_ops.h"
+#include "dense/dense.h"
+
+namespace helexa::dense::avx512 {
+namespace {
+
+inline __m512 widen(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+inline __m512 widen_masked(const uint16_t* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int R>
+void fma_rows(const uint16_t* w, int64_t k, const uint16_t* x, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const int64_t k16 = k / 16 * 16;
+  for (int64_t i = 0; i < k16; i += 16) {
+    const __m512 xv = widen(x + i);
+    for (int r = 0; r < R; ++r) {
+      if ((i & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * k + i), _MM_HINT_T0);
+      acc[r] = _mm512_fmadd_ps(widen(w + r * k + i), xv, acc[r]);
+    }
+  }
+  if (k16 < k) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (k - k16)) - 1);
+    const __m512 xv = widen_masked(x + k16, m);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(widen_masked(w + r * k + k16, m), xv, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+void rows_fma(const uint16_t* w, int64_t k, int64_t nrows, const uint16_t* x, float* out) {
+  int64_t r = 0;
+  for (; r + 4 <= nrows; r += 4) fma_rows<4>(w + r * k, k, x, out + r);
+  for (; r < nrows; ++r) fma_rows<1>(w + r * k, k, x, out + r);
+}
+
+#if defined(HELEXA_AVX512BF16)
+__attribute__((target("avx512bf16"))) inline __m512 dot32(__m512 acc, __m512i wv, __m512i xv) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(wv), reinterpret_cast<__m512bh&>(xv));
+}
+
+template <int R>
+__attribute__((target("avx512bf16"))) void dot_rows(const uint16_t* w, int64_t k, const uint16_t* x, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const int64_t k32 = k / 32 * 32;
+  for (int64_t i = 0; i < k32; i += 32) {
+    const __m512i xv = _mm512_loadu_si512(x + i);
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * k + i), _MM_HINT_T0);
+      acc[r] = dot32(acc[r], _mm512_loadu_si512(w + r * k + i), xv);
+    }
+  }
+  if (k32 < k) {
+    const __mmask32 m = static_cast<__mmask32>((1ull << (k - k32)) - 1);
+    const __m512i xv = _mm512_maskz_loadu_epi16(m, x + k32);
+    for (int r = 0; r < R; ++r) acc[r] = dot32(acc[r], _mm512_maskz_loadu_epi16(m, w + r * k + k32), xv);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+__attribute__((target("avx512bf16"))) void rows_dot(const uint16_t* w, int64_t k, int64_t nrows, const uint16_t* x,
+                                                    float* out) {
+  int64_t r = 0;
+  for (; r + 4 <= nrows; r += 4) dot_rows<4>(w + r * k, k, x, out + r);
+  for (; r < nrows; ++r) dot_rows<1>(w + r * k, k, x, out + r);
+}
+#endif
+
+}  // namespace
+
+DecodeOps decode_ops() { return {rms_norm_rows}; }
+
+RowsFn rows_kernel() { return rows_fma; }
+
+RowsFn rows_kernel_bf16dot() {
+#if defined(HELEXA_AVX512BF16)
+  return __builtin_cpu_supports("avx512bf16") ? rows_dot : nullptr;
+#else
+  return nullptr;
+#endif
+}
+
+}  // namespace helexa::dense::avx512
