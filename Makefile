@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint bench bench-decode clean
+
+DEMO_ROOT := build/demo-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +17,17 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q ".[test]"
 
+# The neuron daemon on this host, serving the built-in demo model (until the gateway lands).
 run: install
+	$(BIN)/neuron demo-model --force $(DEMO_ROOT)/helexa/demo
+	NEURON_MODEL_ROOTS='["$(DEMO_ROOT)"]' NEURON_ALLOW_DOWNLOAD=false \
+	NEURON_DEFAULT_MODELS='[{model_id = "helexa/demo"}]' $(BIN)/neuron serve $(ARGS)
+
+bench: install
 	$(BIN)/python bench/kernels_cpu.py $(ARGS)
+
+bench-decode: install
+	$(BIN)/python bench/neuron_decode.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

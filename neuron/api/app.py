@@ -4,6 +4,7 @@ a typed context, registers the routes and the error handlers, and owns the backg
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import msgspec
@@ -47,12 +48,24 @@ async def _refresh_health(ctx: NeuronContext) -> None:
 
 
 async def _load_defaults(ctx: NeuronContext) -> None:
+    ready = []
     for spec in ctx.config.default_models:
         try:
             entry = await ctx.residency.load(spec)
             await ctx.residency.wait_loaded(entry)
+            ready.append(spec.model_id)
         except ApiError as exc:
             log.warning("default model %s did not load: %s", spec.model_id, exc.message)
+    if ready:
+        host = "localhost" if ctx.config.host in ("0.0.0.0", "::") else ctx.config.host
+        body = json.dumps({"model": ready[0], "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
+        log.info(
+            "ready: %s -- try: curl -s http://%s:%d/v1/chat/completions -H 'content-type: application/json' -d '%s'",
+            ", ".join(ready),
+            host,
+            ctx.config.port,
+            body,
+        )
 
 
 def create_app(config: NeuronConfig, *, name: str = "neuron") -> Sanic:

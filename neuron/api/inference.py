@@ -160,6 +160,7 @@ async def chat_completions(request: Request):
         in_reasoning=in_reasoning,
         parse_tools=bool(req.tools) and req.tool_choice != "none",
         prefill_chunk=ctx.config.prefill_chunk_tokens,
+        ignore_eos=req.ignore_eos,
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))
     cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
@@ -265,6 +266,7 @@ async def completions(request: Request):
         stop=stop_strings(req),
         parse_tools=False,
         prefill_chunk=ctx.config.prefill_chunk_tokens,
+        ignore_eos=req.ignore_eos,
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))
     cid, created = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())

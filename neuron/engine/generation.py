@@ -27,6 +27,7 @@ class GenerationRequest:
     in_reasoning: bool = False
     parse_tools: bool = True
     prefill_chunk: int = 512
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -64,7 +65,7 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
     finish = "length"
     while True:
         outcome.completion_tokens += 1
-        if token in lm.eos_ids:
+        if token in lm.eos_ids and not req.ignore_eos:
             finish = "stop"
             break
         piece = detok.step(lm.tokenizer, token)

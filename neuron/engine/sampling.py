@@ -65,9 +65,9 @@ class Sampler:
         if p.greedy:
             return int(torch.argmax(logits))
         logits = logits / p.temperature
-        if 0 < p.top_k < logits.shape[0]:
-            kth = torch.topk(logits, p.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        ids = None
+        if 0 < p.top_k < logits.shape[0]:  # work on the k best only: no full-vocabulary sort per token
+            logits, ids = torch.topk(logits, p.top_k)
         probs = torch.softmax(logits, dim=-1)
         if p.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
@@ -77,4 +77,5 @@ class Sampler:
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         if p.min_p > 0.0:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        choice = int(torch.multinomial(probs, 1, generator=self.generator))
+        return choice if ids is None else int(ids[choice])

@@ -112,6 +112,10 @@ def model_root(tmp_path_factory) -> Path:
         write_scripted_model(root / model_id, scripts)
     write_scripted_model(root / "test" / "short", SCRIPTS["test/plain"], context=64)
     write_scripted_model(root / "test" / "extra", SCRIPTS["test/plain"])
+    write_demo_model(root / "test" / "demo2")
+    ctx = write_demo_model(root / "test" / "ctx48")
+    cfg = json.loads((ctx / "config.json").read_text())
+    (ctx / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 48}))
     llama = root / "test" / "llama"
     write_scripted_model(llama, SCRIPTS["test/plain"])
     cfg = json.loads((llama / "config.json").read_text())

@@ -247,6 +247,19 @@ def test_a_prompt_longer_than_the_context_is_refused(client, http):
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
+def test_generation_stops_at_the_context_length(http, client):
+    assert http.post("/models/load", json={"model_id": "test/ctx48"}).status_code == 200
+    try:
+        prompt_tokens = http.post("/tokenize", json={"model": "test/ctx48", "messages": USER}).json()["count"]
+        out = client.chat.completions.create(
+            model="test/ctx48", messages=USER, max_tokens=1000, temperature=0, extra_body={"ignore_eos": True}
+        )
+        assert out.choices[0].finish_reason == "length"
+        assert out.usage.completion_tokens == 48 - prompt_tokens
+    finally:
+        http.post("/models/unload", json={"model_id": "test/ctx48"})
+
+
 def test_sdk_raises_typed_errors_and_the_server_keeps_serving(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no/such", messages=USER)
@@ -272,7 +285,8 @@ def test_load_list_endpoint_unload_lifecycle(http, client, running_neuron):
     assert r.status_code == 200 and r.json() == {"status": "loaded"}
     listed = {m["id"]: m for m in http.get("/models").json()}
     extra = listed["test/extra"]
-    assert extra["status"] == "loaded" and extra["devices"] == [] and extra["harness"] == "torch"
+    on_gpu = bool(http.get("/discovery").json()["devices"])  # device = "auto": the first GPU when there is one
+    assert extra["status"] == "loaded" and extra["devices"] == ([0] if on_gpu else []) and extra["harness"] == "torch"
     assert isinstance(extra["vram_used_mb"], int) and extra["context_length"] == 4096 and extra["error"] is None
     assert http.post("/models/load", json={"model_id": "test/extra"}).json() == {"status": "loaded"}
     assert http.get("/models/test%2Fextra/endpoint").json() == {"url": running_neuron.url}
@@ -283,6 +297,35 @@ def test_load_list_endpoint_unload_lifecycle(http, client, running_neuron):
     assert http.get("/models/test%2Fextra/endpoint").status_code == 404
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="test/extra", messages=USER)
+
+
+def test_unload_waits_for_the_request_in_flight(running_neuron, http):
+    assert http.post("/models/load", json={"model_id": "test/demo2"}).status_code == 200
+    body = {"model": "test/demo2", "messages": USER, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    result: dict = {}
+    with httpx.Client(base_url=running_neuron.url, timeout=60) as streamer:
+        with streamer.stream("POST", "/v1/chat/completions", json=body) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")
+
+            def unload() -> None:
+                r = httpx.post(running_neuron.url + "/models/unload", json={"model_id": "test/demo2"}, timeout=60)
+                result["status"], result["at"] = r.status_code, time.monotonic()
+
+            t = threading.Thread(target=unload)
+            t.start()
+            wait_for(
+                lambda: health(http)["models"].get("test/demo2", {}).get("status") == "unloading", what="unloading"
+            )
+            assert "status" not in result  # still waiting for the stream
+            turned_away = http.post("/v1/chat/completions", json={"model": "test/demo2", "messages": USER})
+            assert turned_away.status_code == 503 and turned_away.headers["retry-after"]
+            rest = [next(lines) for _ in range(3)]
+            closed = time.monotonic()
+        t.join(timeout=30)
+    assert all(line.startswith("data: {") or not line for line in rest), rest  # still streaming tokens
+    assert result["status"] == 200 and result["at"] >= closed
+    assert "test/demo2" not in {m["id"] for m in http.get("/models").json()}
 
 
 def test_load_without_waiting_answers_202_then_loads(http):
@@ -321,7 +364,7 @@ def test_the_unsupported_architecture_is_named_with_the_supported_list(http):
 
 
 def test_queue_bound_gives_429_and_a_disconnect_frees_the_slot(running_neuron, http):
-    body = {"model": "helexa/demo", "messages": USER, "max_tokens": 4000, "temperature": 1.0, "stream": True}
+    body = {"model": "helexa/demo", "messages": USER, "max_tokens": 4000, "ignore_eos": True, "stream": True}
     before = _completion_tokens(http, "helexa/demo")
     with httpx.Client(base_url=running_neuron.url, timeout=60) as long_client:
         with long_client.stream("POST", "/v1/chat/completions", json=body) as stream:

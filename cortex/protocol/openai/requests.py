@@ -73,6 +73,7 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
+    ignore_eos: bool = False  # beyond OpenAI (as in vLLM): generate up to max_tokens regardless
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):

@@ -91,6 +91,17 @@ def test_greedy_generation_matches_transformers_generate(tiny_qwen3):
     assert got == expected
 
 
+def test_a_sharded_checkpoint_loads_tensor_by_tensor(tmp_path, tiny_qwen3):
+    hf, ours = tiny_qwen3
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    again = Qwen3ForCausalLM(ours.config, dtype=torch.float32, device=torch.device("cpu"))
+    load_weights(again, Checkpoint(tmp_path), redundant=again.tied_names, arch="qwen3")
+    for (name, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_loader_names_every_missing_and_unused_tensor(tmp_path):
     from safetensors.torch import save_file
 
