@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -212,40 +213,44 @@ def _chat_delta(ev: Event, tool_index: int) -> dict[str, Any]:
     return {"tool_calls": [_tool_call_json(ev.tool_call, tool_index)]}
 
 
-async def _stream_chat(emit, lm, gen, outcome, cid, created, model, include_usage) -> None:
-    def chunk(delta: dict[str, Any], finish: str | None = None, usage: bool = False) -> bytes:
+@dataclass(frozen=True)
+class _Envelope:
+    """The fields every chunk of one streamed response repeats."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+
+    def event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         body: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
         }
-        if usage:
-            body["usage"] = _usage(outcome)
+        if usage is not None:
+            body["usage"] = usage
         return event(body)
 
-    await emit(chunk({"role": "assistant", "content": ""}))
+
+async def _stream_chat(emit, lm, gen, outcome, cid, created, model, include_usage) -> None:
+    env = _Envelope(cid, "chat.completion.chunk", created, model)
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+
+    await emit(env.event(choice({"role": "assistant", "content": ""})))
     tools = 0
     async for delta in generate(lm, gen, outcome):
         for ev in delta.events:
-            await emit(chunk(_chat_delta(ev, tools)))
+            await emit(env.event(choice(_chat_delta(ev, tools))))
             tools += ev.kind == "tool_call"
         if delta.finish_reason is not None:
-            await emit(chunk({}, delta.finish_reason, usage=True))
+            await emit(env.event(choice({}, delta.finish_reason), _usage(outcome)))
     if include_usage:
-        await emit(
-            event(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": _usage(outcome),
-                }
-            )
-        )
+        await emit(env.event([], _usage(outcome)))
 
 
 # --- legacy completions ---------------------------------------------------------------------
@@ -301,36 +306,18 @@ async def completions(request: Request):
 
 
 async def _stream_completion(emit, lm, gen, outcome, cid, created, model, echo, include_usage) -> None:
-    def chunk(text: str, finish: str | None = None, usage: bool = False) -> bytes:
-        body: dict[str, Any] = {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-        }
-        if usage:
-            body["usage"] = _usage(outcome)
-        return event(body)
+    env = _Envelope(cid, "text_completion", created, model)
+
+    def choice(text: str, finish: str | None = None) -> list[dict[str, Any]]:
+        return [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]
 
     if echo:
-        await emit(chunk(echo))
+        await emit(env.event(choice(echo)))
     async for delta in generate(lm, gen, outcome):
         text = "".join(ev.text for ev in delta.events)
         if text:
-            await emit(chunk(text))
+            await emit(env.event(choice(text)))
         if delta.finish_reason is not None:
-            await emit(chunk("", delta.finish_reason, usage=True))
+            await emit(env.event(choice("", delta.finish_reason), _usage(outcome)))
     if include_usage:
-        await emit(
-            event(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": _usage(outcome),
-                }
-            )
-        )
+        await emit(env.event([], _usage(outcome)))
