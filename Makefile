@@ -7,7 +7,6 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: run test install lint bench bench-decode clean
 
-DEMO_ROOT := build/demo-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +16,9 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q ".[test]"
 
-# The neuron daemon on this host, serving the built-in demo model (until the gateway lands).
+# A one-machine fleet: a local neuron with the demo model and the gateway in front of it.
 run: install
-	$(BIN)/neuron demo-model --force $(DEMO_ROOT)/helexa/demo
-	NEURON_MODEL_ROOTS='["$(DEMO_ROOT)"]' NEURON_ALLOW_DOWNLOAD=false \
-	NEURON_DEFAULT_MODELS='[{model_id = "helexa/demo"}]' $(BIN)/neuron serve $(ARGS)
+	$(BIN)/cortex up $(ARGS)
 
 bench: install
 	$(BIN)/python bench/kernels_cpu.py $(ARGS)

@@ -8,18 +8,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
+from integration.services import NeuronProcess, free_port, write_config
 
 from neuron.chat.template import ChatTemplate
 from neuron.demo import (
@@ -43,12 +37,6 @@ SCRIPTS = {
     },
     "test/stop": {"turn": ["Once upon a time", " END", " they lived happily."]},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scripted_template() -> str:
@@ -122,64 +110,6 @@ def model_root(tmp_path_factory) -> Path:
     cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
     (llama / "config.json").write_text(json.dumps(cfg))
     return root
-
-
-class NeuronProcess:
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "neuron.cli", "serve", "--config", str(config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=config_path.parent,
-            env=env,
-            start_new_session=True,
-        )
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, models: list[str], deadline_secs: float = 90.0) -> None:
-        deadline = time.monotonic() + deadline_secs
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"neuron exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                health = httpx.get(self.url + "/health", timeout=2).json()
-                states = {m: health["models"].get(m, {}).get("status") for m in models}
-                if all(s == "loaded" for s in states.values()):
-                    return
-                if any(s == "failed" for s in states.values()):
-                    pytest.fail(f"a default model failed to load: {states}\n{self.log_tail()}")
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"neuron not ready after {deadline_secs} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._log.close()
-
-
-def write_config(path: Path, port: int, root: Path, defaults: list[str], **admission: int | float) -> Path:
-    lines = [f"port = {port}", 'host = "127.0.0.1"', f'model_roots = ["{root}"]', "allow_download = false"]
-    lines.append('cpu_dtype = "float32"')
-    if admission:
-        lines.append("[admission]")
-        lines += [f"{k} = {v}" for k, v in admission.items()]
-    for model_id in defaults:
-        lines += ["[[default_models]]", f'model_id = "{model_id}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 DEFAULTS = ["helexa/demo", "test/plain", "test/think", "test/tools", "test/stop", "test/short"]

@@ -1,0 +1,291 @@
+"""The ``cortex`` command: serve the gateway, inspect and steer a running one, or bring up a
+one-machine fleet (``cortex up``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+USAGE_ERROR, RUNTIME_ERROR = 2, 1
+DEFAULT_ENDPOINT = "http://localhost:31313"
+DEMO_MODEL = "helexa/demo"
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def run_gateway(config, catalogue) -> int:
+    from prometheus_client import start_http_server
+
+    from cortex.gateway.app import create_app
+
+    app = create_app(config, catalogue)
+    host, port = _split_listen(config.gateway.listen)
+    mhost, mport = _split_listen(config.gateway.metrics_listen)
+    try:
+        start_http_server(mport, addr=mhost, registry=app.ctx.metrics.registry)
+    except OSError as exc:
+        print(f"error: cannot listen on {config.gateway.metrics_listen} (metrics): {exc.strerror}", file=sys.stderr)
+        return RUNTIME_ERROR
+    logging.getLogger("cortex").info(
+        "cortex on %s (metrics on %s), %d neurons, %d catalogue models",
+        config.gateway.listen,
+        config.gateway.metrics_listen,
+        len(config.neurons),
+        len(catalogue.models),
+    )
+    try:
+        app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+    except OSError as exc:
+        print(f"error: cannot listen on {config.gateway.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return RUNTIME_ERROR
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cortex.config import ConfigError, load_catalogue, load_cortex_config
+
+    try:
+        config = load_cortex_config(Path(args.config) if args.config else None)
+        catalogue = load_catalogue(Path(config.models_config))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    return run_gateway(config, catalogue)
+
+
+# --- client commands ----------------------------------------------------------------------
+
+
+class GatewayError(Exception):
+    pass
+
+
+def _call(endpoint: str, path: str, body: dict | None = None, timeout: float = 30.0) -> dict:
+    from cortex.config import client_api_key
+
+    headers = {"content-type": "application/json"}
+    key = client_api_key()
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        endpoint.rstrip("/") + path, data=data, headers=headers, method="POST" if data else "GET"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise GatewayError(f"{exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise GatewayError(f"cannot reach the gateway at {endpoint}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    health = _call(args.endpoint, "/health")
+    models = _call(args.endpoint, "/v1/models")["data"]
+    nodes = health["nodes"]
+    print(f"fleet {health['status']}: {nodes['healthy']}/{nodes['total']} neurons up")
+    for m in models:
+        where = ", ".join(f"{loc['node']} ({loc['status']})" for loc in m["locations"]) or "-"
+        alias = f" -> {m['alias_of']}" if "alias_of" in m else ""
+        print(f"  {m['id']}{alias}: {m['status']}  [{where}]")
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _ps(args: argparse.Namespace) -> int:
+    fleet = _call(args.endpoint, "/admin/fleet")
+    rows = []
+    for node in fleet["nodes"]:
+        if not node["models"]:
+            rows.append(["-", node["name"], "up" if node["up"] else "DOWN", "-", "-"])
+        for m in node["models"]:
+            vram = f"{m['vram_used_mb']} MB" if m.get("vram_used_mb") is not None else "-"
+            rows.append([m["id"], node["name"], m["status"], vram, str(node["in_flight"].get(m["id"], 0))])
+    print(_table(rows, ["MODEL", "NODE", "STATUS", "MEMORY", "IN-FLIGHT"]))
+    return 0
+
+
+def _progress(endpoint: str, model: str, started: float) -> tuple[str, float | None]:
+    for node in _call(endpoint, "/admin/fleet")["nodes"]:
+        for m in node["models"]:
+            if m["id"] == model:
+                return m["status"], m.get("load_progress")
+    return "waiting", None
+
+
+def _load(args: argparse.Namespace) -> int:
+    body = {"model": args.model, "wait": False}
+    if args.node:
+        body["node"] = args.node
+    started = time.monotonic()
+    answer = _call(args.endpoint, "/admin/models/load", body)
+    model = answer.get("model", args.model)
+    tty = sys.stderr.isatty()
+    while answer.get("status") != "loaded":
+        status, progress = _progress(args.endpoint, model, started)
+        if status == "loaded":
+            break
+        if status == "failed":
+            raise GatewayError(f"loading {model} failed (see cortex ps and the neuron log)")
+        bar = "#" * int(30 * (progress or 0))
+        line = f"loading {model}: [{bar:<30}] {100 * (progress or 0):3.0f}%  {time.monotonic() - started:5.0f} s"
+        print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        time.sleep(0.5 if tty else 5)
+    if tty:
+        print(file=sys.stderr)
+    print(f"{model} loaded in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _unload(args: argparse.Namespace) -> int:
+    body = {"model": args.model}
+    if args.node:
+        body["node"] = args.node
+    answer = _call(args.endpoint, "/admin/models/unload", body, timeout=600)
+    print(f"{answer['model']} unloaded from {', '.join(answer['nodes'])}")
+    return 0
+
+
+# --- cortex up ----------------------------------------------------------------------------
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _up(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from cortex.config import Catalogue, CortexConfig, GatewaySection, ModelProfile, NeuronEntry, demo_models_dir
+
+    if importlib.util.find_spec("neuron") is None or importlib.util.find_spec("torch") is None:
+        print("error: cortex up runs a local neuron: install it with pip install 'helexa[neuron]'", file=sys.stderr)
+        return USAGE_ERROR
+    host, port = _split_listen(args.listen)
+    for what, flag, h, p in (
+        ("gateway", "--listen", host, port),
+        ("neuron", "--neuron-port", "127.0.0.1", args.neuron_port),
+    ):
+        if not _port_free(h, p):
+            print(f"error: port {p} ({what}) is in use; pick another with {flag}", file=sys.stderr)
+            return RUNTIME_ERROR
+    models_dir = Path(args.models_dir) if args.models_dir else demo_models_dir()
+    model = args.model or DEMO_MODEL
+    if model == DEMO_MODEL and not (models_dir / DEMO_MODEL / "config.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "neuron.cli", "demo-model", "--force", str(models_dir / DEMO_MODEL)], check=True
+        )
+    work = Path(tempfile.mkdtemp(prefix="cortex-up-"))
+    neuron_cfg = work / "neuron.toml"
+    neuron_cfg.write_text(
+        f'host = "127.0.0.1"\nport = {args.neuron_port}\nmodel_roots = [{json.dumps(str(models_dir))}]\n'
+        f"allow_download = {'true' if args.allow_download else 'false'}\n"
+        f"[[default_models]]\nmodel_id = {json.dumps(model)}\n"
+    )
+    neuron = subprocess.Popen([sys.executable, "-m", "neuron.cli", "serve", "--config", str(neuron_cfg)])
+    config = CortexConfig(
+        gateway=GatewaySection(listen=args.listen, metrics_listen=args.metrics_listen, poll_interval_secs=2.0),
+        neurons=[NeuronEntry(name="local", endpoint=f"http://127.0.0.1:{args.neuron_port}")],
+    )
+    catalogue = Catalogue(models=[ModelProfile(id=model, min_devices=0)])
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
+    print(
+        f"\ncortex up: gateway http://{shown}:{port}/v1 (metrics :{_split_listen(args.metrics_listen)[1]}), "
+        f"neuron http://127.0.0.1:{args.neuron_port}, model {model}\n"
+        f"try:\n  curl -s http://{shown}:{port}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        return run_gateway(config, catalogue)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        neuron.terminate()
+        try:
+            neuron.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            neuron.kill()
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cortex",
+        description="The helexa gateway: one OpenAI API in front of every neuron in the fleet.",
+        epilog="Client commands present $CORTEX_API_KEY when it is set.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", "-c", metavar="PATH", help="cortex.toml (default: built-in defaults + CORTEX_* env)")
+    serve.set_defaults(run=_serve)
+
+    def client(name: str, help_text: str, run) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="gateway URL (default: %(default)s)")
+        p.set_defaults(run=run)
+        return p
+
+    client("status", "fleet health and models of a running gateway", _status)
+    client("ps", "table of model x node x status x memory x in-flight", _ps)
+    for name, run, text in (("load", _load, "load MODEL (with progress)"), ("unload", _unload, "unload MODEL")):
+        p = client(name, text, run)
+        p.add_argument("model", metavar="MODEL")
+        p.add_argument("--node", help="this neuron only (default: where placement says / wherever it is)")
+    up = sub.add_parser("up", help="a local neuron and a gateway in front of it, serving the demo model")
+    up.add_argument("--listen", default="127.0.0.1:31313", help="gateway API address (default: %(default)s)")
+    up.add_argument("--metrics-listen", default="127.0.0.1:31314", help="(default: %(default)s)")
+    up.add_argument("--neuron-port", type=int, default=13131, help="(default: %(default)s)")
+    up.add_argument("--model", help=f"model id to serve (default: the built-in {DEMO_MODEL})")
+    up.add_argument("--models-dir", help="model root for the local neuron (default: the helexa cache)")
+    up.add_argument("--allow-download", action="store_true", help="let the neuron fetch --model from the hub")
+    up.set_defaults(run=_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return RUNTIME_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Talking to neurons over the fleet contract (contracts §3): polls, loads, unloads, endpoints.
+
+One shared aiohttp session (its connector is the connection pool). Timeouts bound connecting
+and silence between reads, never the total time, except where a call is a quick poll.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from cortex.protocol.errors import ApiError
+from cortex.protocol.fleet import Discovery, Health, ModelInfo, ModelSpec
+
+
+class NeuronUnreachable(Exception):
+    """The neuron did not answer (connection refused, reset, timed out)."""
+
+
+def _message(body: bytes) -> str:
+    try:
+        err = msgspec.json.decode(body).get("error")
+        return err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    except (msgspec.DecodeError, AttributeError):
+        return body[:200].decode(errors="replace")
+
+
+class NeuronClient:
+    def __init__(self, session: aiohttp.ClientSession, *, poll_timeout_secs: float, load_timeout_secs: float) -> None:
+        self.session = session
+        self.poll_timeout = aiohttp.ClientTimeout(total=poll_timeout_secs)
+        self.load_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=load_timeout_secs)
+
+    async def _get(self, url: str, kind):
+        try:
+            async with self.session.get(url, timeout=self.poll_timeout) as r:
+                body = await r.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise NeuronUnreachable(f"{url}: {type(exc).__name__}: {exc}") from None
+        if r.status != 200:
+            raise NeuronUnreachable(f"{url}: HTTP {r.status}: {_message(body)}")
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise NeuronUnreachable(f"{url}: malformed answer: {exc}") from None
+
+    async def discovery(self, base: str) -> Discovery:
+        return await self._get(base + "/discovery", Discovery)
+
+    async def health(self, base: str) -> Health:
+        return await self._get(base + "/health", Health)
+
+    async def models(self, base: str) -> list[ModelInfo]:
+        return await self._get(base + "/models", list[ModelInfo])
+
+    async def endpoint(self, base: str, model: str) -> str:
+        class Endpoint(msgspec.Struct):
+            url: str
+
+        answer = await self._get(f"{base}/models/{quote(model, safe='')}/endpoint", Endpoint)
+        return answer.url.rstrip("/")
+
+    async def load(self, base: str, spec: ModelSpec) -> None:
+        """Loads and waits until resident; raises ApiError with the neuron's status and message."""
+        await self._post(base + "/models/load", msgspec.json.encode(spec), self.load_timeout)
+
+    async def unload(self, base: str, model: str) -> None:
+        await self._post(base + "/models/unload", msgspec.json.encode({"model_id": model}), self.load_timeout)
+
+    async def _post(self, url: str, body: bytes, timeout: aiohttp.ClientTimeout) -> bytes:
+        try:
+            async with self.session.post(
+                url, data=body, headers={"content-type": "application/json"}, timeout=timeout
+            ) as r:
+                answer = await r.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise NeuronUnreachable(f"{url}: {type(exc).__name__}: {exc}") from None
+        if r.status >= 400:
+            kind = {400: "invalid_request", 404: "not_found", 409: "conflict", 507: "insufficient_storage"}
+            raise ApiError(kind.get(r.status, "upstream"), _message(answer), status=r.status)
+        return answer

@@ -1,0 +1,143 @@
+"""What the gateway knows about its fleet: per neuron, the last discovery, health and model
+list it polled, whether it is up, and how many requests the gateway has in flight there.
+
+Rebuilt entirely from the neurons after a restart: nothing here is persisted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cortex.config import Catalogue, CortexConfig, ModelProfile
+from cortex.protocol.fleet import Discovery, Health, ModelInfo
+
+DOWN_AFTER_FAILURES = 3
+
+
+@dataclass
+class Node:
+    name: str
+    endpoint: str
+    discovery: Discovery | None = None
+    health: Health | None = None
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    up: bool = False
+    failures: int = 0
+    last_ok: float | None = None
+    in_flight: dict[str, int] = field(default_factory=dict)  # model -> requests the gateway relays now
+    endpoints: dict[str, str] = field(default_factory=dict)  # model -> inference base URL (cached)
+
+    def status_of(self, model: str) -> str | None:
+        info = self.models.get(model)
+        return info.status if info is not None else None
+
+    def free_memory_mb(self, min_devices: int) -> int:
+        """Free memory for a model needing ``min_devices`` GPUs (0: host memory)."""
+        if self.health is None:
+            return 0
+        if min_devices == 0:
+            return self.health.memory_free_mb
+        free = sorted((d.vram_free_mb for d in self.health.devices), reverse=True)
+        return sum(free[:min_devices]) if len(free) >= min_devices else 0
+
+    def record_success(self, discovery: Discovery | None, health: Health, models: list[ModelInfo]) -> None:
+        if discovery is not None:
+            self.discovery = discovery
+        self.health = health
+        self.models = {m.id: m for m in models}
+        for model in list(self.endpoints):
+            if self.status_of(model) != "loaded":
+                del self.endpoints[model]
+        self.up, self.failures, self.last_ok = True, 0, time.monotonic()
+
+    def record_failure(self) -> bool:
+        """Counts a failed poll; returns True when this one took the node down."""
+        self.failures += 1
+        if self.up and self.failures >= DOWN_AFTER_FAILURES:
+            self.up = False
+            self.endpoints.clear()
+            return True
+        return False
+
+
+def feasible(profile: ModelProfile, node: Node) -> bool:
+    """Whether the node's hardware can ever hold the model (device count, per-device floor, pins)."""
+    if profile.pinned_on and node.name not in profile.pinned_on:
+        return False
+    if node.discovery is None:
+        return False
+    if profile.min_devices == 0:
+        need = profile.vram_mb or 0
+        return node.discovery.cpu.memory_total_mb >= need
+    floor = profile.min_device_vram_mb or 0
+    big_enough = [d for d in node.discovery.devices if d.vram_total_mb >= floor]
+    return len(big_enough) >= profile.min_devices
+
+
+class Fleet:
+    def __init__(self, config: CortexConfig, catalogue: Catalogue) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.nodes: dict[str, Node] = {n.name: Node(n.name, n.endpoint.rstrip("/")) for n in config.neurons}
+        self.started = time.time()
+
+    def canonical(self, model: str) -> str:
+        """The model an alias points at (one hop), or the model itself."""
+        return self.catalogue.aliases.get(model, model)
+
+    def up_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.up]
+
+    def replicas(self, model: str) -> list[Node]:
+        """Up nodes where the model is loaded, least busy first (ties by name)."""
+        found = [n for n in self.up_nodes() if n.status_of(model) == "loaded"]
+        return sorted(found, key=lambda n: (n.in_flight.get(model, 0), n.name))
+
+    def loading_on(self, model: str) -> list[Node]:
+        return [n for n in self.up_nodes() if n.status_of(model) == "loading"]
+
+    def feasible_nodes(self, profile: ModelProfile) -> list[Node]:
+        """Up nodes that could hold the model, pinned ones first, then most free memory."""
+        found = [n for n in self.up_nodes() if feasible(profile, n)]
+        return sorted(
+            found,
+            key=lambda n: (n.name not in profile.pinned_on, -n.free_memory_mb(profile.min_devices), n.name),
+        )
+
+    def model_entries(self) -> list[dict]:
+        """The merged catalogue of ``GET /v1/models``."""
+        entries: dict[str, dict] = {}
+        for profile in self.catalogue.models:
+            if any(feasible(profile, n) for n in self.up_nodes()):
+                entries[profile.id] = self._entry(profile.id)
+        for node in self.nodes.values():
+            for model, info in node.models.items():
+                if model not in entries and info.status in ("loaded", "loading"):
+                    entries[model] = self._entry(model)
+        for alias, target in self.catalogue.aliases.items():
+            if target in entries:
+                entries[alias] = {**entries[target], "id": alias, "alias_of": target}
+        return list(entries.values())
+
+    def _entry(self, model: str) -> dict:
+        locations, context = [], None
+        for node in self.nodes.values():
+            info = node.models.get(model)
+            if info is None or info.status not in ("loaded", "loading"):
+                continue
+            locations.append({"node": node.name, "status": info.status})
+            context = context or info.context_length
+        statuses = {loc["status"] for loc in locations}
+        status = "loaded" if "loaded" in statuses else ("loading" if "loading" in statuses else "available")
+        entry = {
+            "id": model,
+            "object": "model",
+            "created": int(self.started),
+            "owned_by": "helexa",
+            "status": status,
+            "locations": locations,
+        }
+        if context is not None:
+            entry["context_length"] = context
+        return entry

@@ -1,0 +1,30 @@
+"""The gateway's state, reached by handlers through ``request.app.ctx`` (typed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+from sanic import Request
+
+from cortex.config import Catalogue, CortexConfig
+from cortex.fleet.neurons import NeuronClient
+from cortex.fleet.scheduler import Scheduler
+from cortex.fleet.state import Fleet
+from cortex.metrics import GatewayMetrics
+
+
+@dataclass
+class GatewayContext:
+    config: CortexConfig
+    catalogue: Catalogue
+    fleet: Fleet
+    metrics: GatewayMetrics
+    http: aiohttp.ClientSession | None = None
+    client: NeuronClient | None = None
+    scheduler: Scheduler | None = None
+    tasks: list = field(default_factory=list)
+
+
+def context_of(request: Request) -> GatewayContext:
+    return request.app.ctx

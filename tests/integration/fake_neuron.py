@@ -1,0 +1,202 @@
+"""A neuron test double for gateway tests: a small Sanic app that speaks the neuron contract
+(cortex.protocol structs) with behaviour the test sets at start and changes through
+``POST /_control``: loaded models, load delays and failures, stream speed, dying mid-stream,
+garbage answers. ``GET /_stats`` reports what it was asked to do.
+
+    python fake_neuron.py --name beast --port 17001 --spec '{"devices": [24000], "loaded": ["m"]}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+
+import msgspec
+from sanic import Request, Sanic, response
+
+from cortex.protocol.fleet import CpuInfo, DeviceHealth, DeviceInfo, Discovery, Health, ModelHealth, ModelInfo
+
+
+def build(name: str, port: int, spec: dict) -> Sanic:
+    app = Sanic(f"fake_{name.replace('-', '_')}", env_prefix=None, configure_logging=False)
+    state = {
+        "models": {m: "loaded" for m in spec.get("loaded", [])},
+        "load_secs": spec.get("load_secs", 0.2),
+        "load_fail": spec.get("load_fail", {}),  # model -> HTTP status to answer a load with
+        "token_delay": spec.get("token_delay", 0.01),
+        "tokens": spec.get("tokens", 5),
+        "die_after": spec.get("die_after"),  # chunks before the process exits mid-stream
+        "garbage": spec.get("garbage", False),
+        "stall_secs": spec.get("stall_secs", 0),
+        "loads": [],
+        "unloads": [],
+        "requests": 0,
+    }
+    devices = spec.get("devices", [24000])
+    started = time.monotonic()
+
+    def encode(obj) -> response.HTTPResponse:
+        return response.raw(msgspec.json.encode(obj), content_type="application/json")
+
+    @app.get("/discovery")
+    async def discovery(request: Request):
+        return encode(
+            Discovery(
+                hostname=name,
+                os="Linux",
+                kernel="test",
+                cuda_version="13.0" if devices else None,
+                driver_version="580" if devices else None,
+                devices=[
+                    DeviceInfo(index=i, name="Fake GPU", vram_total_mb=v, compute_capability="8.9")
+                    for i, v in enumerate(devices)
+                ],
+                cpu=CpuInfo(cores=8, memory_total_mb=spec.get("memory_mb", 64000)),
+                harnesses=["torch"],
+                version="fake",
+            )
+        )
+
+    @app.get("/health")
+    async def health(request: Request):
+        used = 4000 * sum(1 for s in state["models"].values() if s == "loaded")
+        return encode(
+            Health(
+                uptime_secs=time.monotonic() - started,
+                devices=[
+                    DeviceHealth(
+                        index=i, vram_used_mb=min(v, used), vram_free_mb=max(0, v - used), utilization_pct=0, temp_c=40
+                    )
+                    for i, v in enumerate(devices)
+                ],
+                memory_free_mb=spec.get("memory_mb", 64000) - used,
+                models={m: ModelHealth(status=s, in_flight=0, queued=0) for m, s in state["models"].items()},
+            )
+        )
+
+    @app.get("/models")
+    async def models(request: Request):
+        return encode(
+            [
+                ModelInfo(
+                    id=m,
+                    harness="torch",
+                    status=s,
+                    devices=[0] if devices else [],
+                    vram_used_mb=4000,
+                    quant=None,
+                    context_length=4096,
+                    load_progress=1.0 if s == "loaded" else 0.5,
+                    error=None,
+                )
+                for m, s in state["models"].items()
+            ]
+        )
+
+    @app.post("/models/load")
+    async def load(request: Request):
+        body = json.loads(request.body)
+        model = body["model_id"]
+        state["loads"].append(body)
+        if model in state["load_fail"]:
+            status = state["load_fail"][model]
+            return response.json({"error": {"message": f"fake failure {status}", "type": "x"}}, status=status)
+        if state["models"].get(model) == "loaded":
+            return response.json({"status": "loaded"})
+        state["models"][model] = "loading"
+        await asyncio.sleep(state["load_secs"])
+        state["models"][model] = "loaded"
+        return response.json({"status": "loaded"})
+
+    @app.post("/models/unload")
+    async def unload(request: Request):
+        model = json.loads(request.body)["model_id"]
+        state["unloads"].append(model)
+        if state["models"].pop(model, None) is None:
+            return response.json({"error": {"message": "not loaded", "type": "not_found_error"}}, status=404)
+        return response.json({"status": "unloaded"})
+
+    @app.get("/models/<rest:path>")
+    async def endpoint(request: Request, rest: str):
+        model = rest.removesuffix("/endpoint").replace("%2F", "/")
+        if state["models"].get(model) != "loaded":
+            return response.json({"error": {"message": "not loaded"}}, status=404)
+        return response.json({"url": f"http://127.0.0.1:{port}"})
+
+    @app.post("/v1/chat/completions")
+    @app.post("/v1/completions", name="completions")
+    async def generate(request: Request):
+        state["requests"] += 1
+        body = json.loads(request.body)
+        model = body["model"]
+        if state["models"].get(model) != "loaded":
+            return response.json({"error": {"message": f"model {model!r} is not loaded", "type": "x"}}, status=404)
+        if state["garbage"]:
+            return response.raw(b"<html>definitely not json", content_type="text/html")
+        text = f"reply from {name}"
+        usage = {"prompt_tokens": 7, "completion_tokens": state["tokens"], "total_tokens": 7 + state["tokens"]}
+        if not body.get("stream"):
+            await asyncio.sleep(state["token_delay"] * state["tokens"])
+            return response.json(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": usage,
+                }
+            )
+        resp = await request.respond(content_type="text/event-stream")
+
+        def chunk(delta: dict, finish=None, with_usage=False) -> bytes:
+            obj = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if with_usage:
+                obj["usage"] = usage
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        await resp.send(chunk({"role": "assistant", "content": ""}))
+        for i in range(state["tokens"]):
+            if state["die_after"] is not None and i >= state["die_after"]:
+                os._exit(3)  # the neuron dies mid-stream
+            if state["stall_secs"] and i == 1:
+                await asyncio.sleep(state["stall_secs"])
+            await asyncio.sleep(state["token_delay"])
+            await resp.send(chunk({"content": f"{name}-{i} "}))
+        await resp.send(chunk({}, "stop", with_usage=True))
+        await resp.send(b"data: [DONE]\n\n")
+        await resp.eof()
+        return None
+
+    @app.post("/_control")
+    async def control(request: Request):
+        state.update(json.loads(request.body))
+        return response.json({"ok": True})
+
+    @app.get("/_stats")
+    async def stats(request: Request):
+        return response.json({k: state[k] for k in ("loads", "unloads", "requests", "models")})
+
+    return app
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--spec", default="{}")
+    a = ap.parse_args()
+    build(a.name, a.port, json.loads(a.spec)).run(
+        host="127.0.0.1", port=a.port, single_process=True, access_log=False, motd=False
+    )

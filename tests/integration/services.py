@@ -1,0 +1,88 @@
+"""Real server processes for the integration tests: started in their own process group on free
+loopback ports, polled until ready (failing at once with the log tail if they exit), stopped with
+SIGTERM and then SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """A real server process in its own process group, its output in a log file."""
+
+    def __init__(self, cmd: list[str], url: str, log_path: Path, cwd: Path) -> None:
+        self.url = url
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NEURON_", "CORTEX_"))}
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_http(self, path: str, ready, deadline_secs: float = 90.0, what: str = "ready") -> None:
+        deadline = time.monotonic() + deadline_secs
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.proc.args[2:4]} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if ready(httpx.get(self.url + path, timeout=2).json()):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"not {what} after {deadline_secs} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+class NeuronProcess(ServiceProcess):
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        cmd = [sys.executable, "-m", "neuron.cli", "serve", "--config", str(config_path)]
+        super().__init__(cmd, f"http://127.0.0.1:{port}", log_path, config_path.parent)
+
+    def wait_ready(self, models: list[str], deadline_secs: float = 90.0) -> None:
+        def loaded(health: dict) -> bool:
+            states = {m: health["models"].get(m, {}).get("status") for m in models}
+            if any(s == "failed" for s in states.values()):
+                pytest.fail(f"a default model failed to load: {states}\n{self.log_tail()}")
+            return all(s == "loaded" for s in states.values())
+
+        self.wait_http("/health", loaded, deadline_secs, what="loaded")
+
+
+def write_config(path: Path, port: int, root: Path, defaults: list[str], **admission: int | float) -> Path:
+    lines = [f"port = {port}", 'host = "127.0.0.1"', f'model_roots = ["{root}"]', "allow_download = false"]
+    lines.append('cpu_dtype = "float32"')
+    if admission:
+        lines.append("[admission]")
+        lines += [f"{k} = {v}" for k, v in admission.items()]
+    for model_id in defaults:
+        lines += ["[[default_models]]", f'model_id = "{model_id}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
