@@ -250,6 +250,26 @@ def test_a_neuron_dying_mid_stream_ends_that_stream_cleanly_and_no_other(start_f
     assert sum("lives-" in line for line in healthy) == 20 and healthy[-1] == "data: [DONE]"
 
 
+def test_a_stalled_stream_ends_with_an_error_but_a_slow_live_one_is_never_cut(start_fleet):
+    fleet = start_fleet(
+        {
+            "stalls": {"loaded": ["m1"], "tokens": 4, "token_delay": 0.01, "stall_secs": 4},
+            "slow": {"loaded": ["m2"], "tokens": 12, "token_delay": 0.25},  # 3 s in all, never 1 s silent
+        },
+        gateway={"stall_timeout_secs": 1},
+    )
+    live, stalled = [], []
+    t = threading.Thread(target=stream_lines, args=(fleet.url, {"model": "m2", "messages": USER, "stream": True}, live))
+    t.start()
+    started = time.monotonic()
+    stream_lines(fleet.url, {"model": "m1", "messages": USER, "stream": True}, stalled)
+    assert time.monotonic() - started < 3.5  # cut after about a second of silence, not after the 4 s stall
+    error = json.loads(stalled[-2].removeprefix("data: "))["error"]
+    assert "sent nothing for 1 s" in error["message"] and stalled[-1] == "data: [DONE]"
+    t.join(30)
+    assert sum("slow-" in line for line in live) == 12 and live[-1] == "data: [DONE]"
+
+
 def test_a_replica_that_is_gone_before_the_first_byte_is_skipped(start_fleet):
     fleet = start_fleet({"a": {"loaded": ["m"]}, "b": {"loaded": ["m"]}}, poll_secs=30)
     fleet.neurons["a"].stop()  # the gateway still believes in it until its next polls
