@@ -96,24 +96,30 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     tools: list[Tool] | None = None
+    tool_choice: str | dict | None = None
     chat_template_kwargs: dict | None = None
 
 
 @bp.post("/tokenize")
 async def tokenize(request: Request):
+    """Counts the prompt the model would see; works for models that are not resident too."""
     ctx = context_of(request)
     req = _decode(request, TokenizeRequest)
-    lm = ctx.residency.get(req.model)
+    if req.messages is None and req.prompt is None:
+        raise invalid("give messages or prompt", param="messages")
+    side = await asyncio.to_thread(ctx.residency.text_side, req.model)
     if req.messages is not None:
         chat = ChatCompletionRequest(
-            model=req.model, messages=req.messages, tools=req.tools, chat_template_kwargs=req.chat_template_kwargs
+            model=req.model,
+            messages=req.messages,
+            tools=req.tools,
+            tool_choice=req.tool_choice,
+            chat_template_kwargs=req.chat_template_kwargs,
         )
-        ids, _ = await asyncio.to_thread(chat_prompt, lm, chat)
-    elif req.prompt is not None:
-        ids = lm.tokenizer.encode(req.prompt, add_special_tokens=False).ids
+        ids, _ = await asyncio.to_thread(chat_prompt, side, chat)
     else:
-        raise invalid("give messages or prompt", param="messages")
-    return _json({"count": len(ids), "max_context": lm.context_length})
+        ids = side.tokenizer.encode(req.prompt, add_special_tokens=False).ids
+    return _json({"count": len(ids), "max_context": side.context_length})
 
 
 @bp.get("/metrics")

@@ -19,6 +19,7 @@ from cortex.protocol.openai.requests import (
     ChatMessage,
     CompletionRequest,
     SamplingFields,
+    StreamOptions,
     check_chat,
     check_completion,
     decode_request,
@@ -27,6 +28,7 @@ from cortex.protocol.openai.requests import (
 from neuron.api.context import context_of
 from neuron.api.sse import event, stream_events
 from neuron.chat.output import Event, ToolCall
+from neuron.chat.text import TextSide
 from neuron.engine.generation import GenerationRequest, Outcome, generate
 from neuron.engine.loaded import LoadedModel
 from neuron.engine.sampling import SamplingParams
@@ -62,7 +64,7 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def chat_prompt(lm: LoadedModel, req: ChatCompletionRequest) -> tuple[list[int], bool]:
+def chat_prompt(lm: LoadedModel | TextSide, req: ChatCompletionRequest) -> tuple[list[int], bool]:
     """Token ids of the rendered conversation, and whether the prompt leaves a thought open."""
     tools = None
     if req.tools and req.tool_choice != "none":
@@ -168,10 +170,8 @@ async def chat_completions(request: Request):
     await _admitted(request, lm, "chat")
     try:
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            await stream_events(
-                request, lambda emit: _stream_chat(emit, lm, gen, outcome, cid, created, req.model, include_usage)
-            )
+            env = _Envelope(cid, "chat.completion.chunk", created, req.model, outcome, req.stream_options)
+            await stream_events(request, lambda emit: _stream_chat(emit, lm, gen, env))
             return None
         return response.json(await _complete_chat(lm, gen, outcome, cid, created, req.model))
     finally:
@@ -199,7 +199,15 @@ async def _complete_chat(lm, gen, outcome, cid, created, model) -> dict[str, Any
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": outcome.finish_reason, "logprobs": None}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": outcome.finish_reason,
+                "stop_reason": outcome.stop_reason,
+                "logprobs": None,
+            }
+        ],
         "usage": _usage(outcome),
     }
 
@@ -215,14 +223,19 @@ def _chat_delta(ev: Event, tool_index: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Envelope:
-    """The fields every chunk of one streamed response repeats."""
+    """The fields every chunk of one streamed response repeats, and its usage policy: on the
+    finishing chunk, on a last chunk of its own with ``include_usage``, and on every chunk with
+    ``continuous_usage_stats`` (vLLM's option; a translating gateway reads the prompt's size
+    from the first chunk)."""
 
     id: str
     object: str
     created: int
     model: str
+    outcome: Outcome
+    options: StreamOptions | None
 
-    def event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def event(self, choices: list[dict[str, Any]], *, final: bool = False) -> bytes:
         body: dict[str, Any] = {
             "id": self.id,
             "object": self.object,
@@ -230,27 +243,33 @@ class _Envelope:
             "model": self.model,
             "choices": choices,
         }
-        if usage is not None:
-            body["usage"] = usage
+        if final or (self.options is not None and self.options.continuous_usage_stats):
+            body["usage"] = _usage(self.outcome)
         return event(body)
 
+    def choice(self, key: str, value: Any, finish: str | None = None) -> list[dict[str, Any]]:
+        out = {"index": 0, key: value, "finish_reason": finish, "logprobs": None}
+        if finish is not None:
+            out["stop_reason"] = self.outcome.stop_reason
+        return [out]
 
-async def _stream_chat(emit, lm, gen, outcome, cid, created, model, include_usage) -> None:
-    env = _Envelope(cid, "chat.completion.chunk", created, model)
+    async def finish(self, emit) -> None:
+        """The finishing chunk (with usage), and the usage chunk when the client asked for it."""
+        empty = "" if self.object == "text_completion" else {}
+        key = "text" if self.object == "text_completion" else "delta"
+        await emit(self.event(self.choice(key, empty, self.outcome.finish_reason), final=True))
+        if self.options is not None and self.options.include_usage:
+            await emit(self.event([], final=True))
 
-    def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
-        return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
 
-    await emit(env.event(choice({"role": "assistant", "content": ""})))
+async def _stream_chat(emit, lm, gen, env: _Envelope) -> None:
+    await emit(env.event(env.choice("delta", {"role": "assistant", "content": ""})))
     tools = 0
-    async for delta in generate(lm, gen, outcome):
+    async for delta in generate(lm, gen, env.outcome):
         for ev in delta.events:
-            await emit(env.event(choice(_chat_delta(ev, tools))))
+            await emit(env.event(env.choice("delta", _chat_delta(ev, tools))))
             tools += ev.kind == "tool_call"
-        if delta.finish_reason is not None:
-            await emit(env.event(choice({}, delta.finish_reason), _usage(outcome)))
-    if include_usage:
-        await emit(env.event([], _usage(outcome)))
+    await env.finish(emit)
 
 
 # --- legacy completions ---------------------------------------------------------------------
@@ -279,11 +298,8 @@ async def completions(request: Request):
     await _admitted(request, lm, "completions")
     try:
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            await stream_events(
-                request,
-                lambda emit: _stream_completion(emit, lm, gen, outcome, cid, created, req.model, echo, include_usage),
-            )
+            env = _Envelope(cid, "text_completion", created, req.model, outcome, req.stream_options)
+            await stream_events(request, lambda emit: _stream_completion(emit, lm, gen, env, echo))
             return None
         parts = [echo]
         async for delta in generate(lm, gen, outcome):
@@ -295,7 +311,13 @@ async def completions(request: Request):
                 "created": created,
                 "model": req.model,
                 "choices": [
-                    {"index": 0, "text": "".join(parts), "finish_reason": outcome.finish_reason, "logprobs": None}
+                    {
+                        "index": 0,
+                        "text": "".join(parts),
+                        "finish_reason": outcome.finish_reason,
+                        "stop_reason": outcome.stop_reason,
+                        "logprobs": None,
+                    }
                 ],
                 "usage": _usage(outcome),
             }
@@ -305,19 +327,11 @@ async def completions(request: Request):
         ctx.metrics.requests_finished(lm.model_id, "completions", outcome)
 
 
-async def _stream_completion(emit, lm, gen, outcome, cid, created, model, echo, include_usage) -> None:
-    env = _Envelope(cid, "text_completion", created, model)
-
-    def choice(text: str, finish: str | None = None) -> list[dict[str, Any]]:
-        return [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]
-
+async def _stream_completion(emit, lm, gen, env: _Envelope, echo: str) -> None:
     if echo:
-        await emit(env.event(choice(echo)))
-    async for delta in generate(lm, gen, outcome):
+        await emit(env.event(env.choice("text", echo)))
+    async for delta in generate(lm, gen, env.outcome):
         text = "".join(ev.text for ev in delta.events)
         if text:
-            await emit(env.event(choice(text)))
-        if delta.finish_reason is not None:
-            await emit(env.event(choice("", delta.finish_reason), _usage(outcome)))
-    if include_usage:
-        await emit(env.event([], _usage(outcome)))
+            await emit(env.event(env.choice("text", text)))
+    await env.finish(emit)

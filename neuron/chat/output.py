@@ -33,6 +33,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """Returns the text safe to emit now; sets ``stopped`` when a stop string appeared."""
@@ -41,9 +42,11 @@ class StopMatcher:
         buf = self._held + text
         if not self.stops:
             return buf
-        first = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if first >= 0:
+        hits = [(at, n) for n, at in enumerate(buf.find(s) for s in self.stops) if at >= 0]
+        if hits:
+            first, which = min(hits)
             self.stopped = True
+            self.matched = self.stops[which]
             self._held = ""
             return buf[:first]
         keep = _partial_suffix(buf, self.stops)

@@ -43,6 +43,7 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: str | None = None
+    stop_reason: str | None = None  # the stop string that ended generation (vLLM's field)
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
@@ -84,4 +85,5 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
     if finish == "stop" and parser.tool_calls:
         finish = "tool_calls"
     outcome.finish_reason = finish
+    outcome.stop_reason = stopper.matched
     yield Delta(tail, finish)

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from cortex.protocol.errors import ApiError
 from neuron import ops
 from neuron.chat.template import ChatTemplate
+from neuron.chat.text import load_tokenizer
 from neuron.engine.admission import Admission
 from neuron.engine.sampling import Sampler, SamplingParams
 from neuron.engine.worker import DeviceWorker
@@ -206,9 +207,7 @@ def load_model(
     t0 = time.perf_counter()
     arch, raw_cfg = architecture_of(model_dir)
     cfg = arch.config_class.from_dict(raw_cfg)
-    tokenizer_path = model_dir / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise ApiError("not_found", f"model {model_id!r} has no tokenizer.json", code="missing_tokenizer")
+    tokenizer = load_tokenizer(model_id, model_dir)
     ckpt = Checkpoint(model_dir)
     try:
         need = sum(_numel(ckpt.shape(n)) for n in ckpt.names()) * torch.tensor([], dtype=dtype).element_size()
@@ -227,7 +226,6 @@ def load_model(
     on_gpu = worker.device.type == "cuda"
     memory = torch.cuda.memory_allocated(worker.device) - before if on_gpu else _param_bytes(net)
     defaults, eos_ids = _generation_defaults(model_dir)
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
     eos_ids |= _special_eos(tokenizer, model_dir)
     loaded = LoadedModel(
         model_id=model_id,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from cortex.protocol.errors import ApiError, invalid
 from cortex.protocol.fleet import ModelHealth, ModelInfo, ModelSpec
 from neuron import hardware
+from neuron.chat.text import TextSide, load_text_side
 from neuron.config import NeuronConfig
 from neuron.engine.admission import Admission
 from neuron.engine.loaded import LoadedModel, load_model
@@ -24,6 +26,7 @@ from neuron.loading.resolve import check_model_id, resolve_model_dir
 log = logging.getLogger(__name__)
 
 HARNESSES = ("torch",)
+TEXT_SIDES_KEPT = 8
 HARNESS_ALIASES = ("torch", "candle")  # the earlier engine's name is accepted as the same engine
 
 
@@ -54,6 +57,7 @@ class Residency:
         self.entries: dict[str, Entry] = {}
         self.workers: dict[str, DeviceWorker] = {}
         self.load_seconds: list[float] = []  # for /metrics
+        self._text: OrderedDict[str, TextSide] = OrderedDict()  # text sides of models not resident
 
     # --- placement ------------------------------------------------------------------------
 
@@ -202,6 +206,25 @@ class Residency:
                 "unavailable", f"model {model_id!r} is {entry.status}", code=f"model_{entry.status}", retry_after=2.0
             )
         return entry.loaded
+
+    def text_side(self, model_id: str) -> LoadedModel | TextSide:
+        """What tokenizing ``model_id`` needs: the resident model's own, or (for a model that is not
+        resident) its tokenizer and template read from the local files, never downloaded. Blocking:
+        call it off the event loop."""
+        entry = self.entries.get(model_id)
+        if entry is not None and entry.status == "loaded" and entry.loaded is not None:
+            return entry.loaded
+        side = self._text.get(model_id)
+        if side is None:
+            model_dir = resolve_model_dir(
+                model_id, roots=self.config.model_roots, hf_cache=self.config.hf_cache or "", allow_download=False
+            )
+            side = load_text_side(model_id, model_dir)
+            self._text[model_id] = side
+            while len(self._text) > TEXT_SIDES_KEPT:
+                self._text.popitem(last=False)
+        self._text.move_to_end(model_id)
+        return side
 
     # --- reporting ------------------------------------------------------------------------
 

@@ -161,9 +161,38 @@ def test_stop_strings_end_the_answer_and_are_never_emitted(client):
     out = client.chat.completions.create(model="test/stop", messages=USER, stop=["END"])
     assert out.choices[0].message.content == "Once upon a time "
     assert out.choices[0].finish_reason == "stop"
-    chunks = list(client.chat.completions.create(model="test/stop", messages=USER, stop=["END", "xyz"], stream=True))
+    assert out.choices[0].model_dump()["stop_reason"] == "END"  # which stop string ended it (vLLM's field)
+    chunks = list(client.chat.completions.create(model="test/stop", messages=USER, stop=["xyz", "END"], stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Once upon a time " and "END" not in text
+    assert chunks[-1].choices[0].model_dump()["stop_reason"] == "END"
+    plain = client.chat.completions.create(model="test/plain", messages=USER, stop=["xyz"])
+    assert plain.choices[0].finish_reason == "stop" and plain.choices[0].model_dump()["stop_reason"] is None
+
+
+def test_continuous_usage_puts_the_usage_so_far_on_every_chunk(client, http):
+    chunks = list(
+        client.chat.completions.create(
+            model="test/plain", messages=USER, stream=True, stream_options={"continuous_usage_stats": True}
+        )
+    )
+    prompt = http.post("/tokenize", json={"model": "test/plain", "messages": USER}).json()["count"]
+    assert all(c.usage is not None and c.usage.prompt_tokens == prompt for c in chunks)
+    assert chunks[0].usage.completion_tokens == 0 and chunks[-1].usage.completion_tokens == 4
+    done = [c.usage.completion_tokens for c in chunks]
+    assert done == sorted(done)
+
+
+def test_tokenize_counts_for_a_model_that_is_not_resident(http):
+    assert "test/extra" not in health(http)["models"]
+    body = {"model": "test/extra", "messages": USER, "chat_template_kwargs": {"enable_thinking": False}}
+    cold = http.post("/tokenize", json=body)
+    assert cold.status_code == 200 and cold.json()["max_context"] == 4096
+    assert "test/extra" not in health(http)["models"]  # counting never loads weights
+    warm = http.post("/tokenize", json={**body, "model": "test/plain"}).json()
+    assert cold.json()["count"] == warm["count"]  # same tokenizer and template as test/plain
+    missing = http.post("/tokenize", json={"model": "test/nowhere", "messages": USER})
+    assert missing.status_code == 404 and "test/nowhere" in missing.json()["error"]["message"]
 
 
 def test_same_seed_same_output_and_a_new_seed_differs(client):

@@ -54,6 +54,7 @@ class Tool(msgspec.Struct, kw_only=True):
 
 class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's extension: usage so far on every chunk
 
 
 class SamplingFields(msgspec.Struct, kw_only=True):
