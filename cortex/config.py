@@ -8,6 +8,7 @@ gateway that reads the environment.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -33,12 +34,14 @@ class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     poll_interval_secs: float = 5.0
     load_timeout_secs: float = 1800.0
     stall_timeout_secs: float = 300.0
+    keepalive_secs: float = 5.0
     max_body_mb: float = 32.0
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)
         _check_listen("metrics_listen", self.metrics_listen)
-        for key in ("poll_interval_secs", "load_timeout_secs", "stall_timeout_secs", "max_body_mb"):
+        keys = ("poll_interval_secs", "load_timeout_secs", "stall_timeout_secs", "keepalive_secs", "max_body_mb")
+        for key in keys:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: expected a number > 0, got {getattr(self, key)}")
 
@@ -111,6 +114,11 @@ class ModelProfile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
                 raise ValueError(f"{key}: expected an integer >= 0, got {getattr(self, key)}")
 
 
+def is_pattern(alias: str) -> bool:
+    """Whether an alias is a shell-style pattern rather than one name."""
+    return any(c in alias for c in "*?[")
+
+
 class Catalogue(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     models: list[ModelProfile] = []
     aliases: dict[str, str] = {}
@@ -127,6 +135,19 @@ class Catalogue(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
                 )
             if alias in ids:
                 raise ValueError(f"aliases: {alias!r} is also a model id in [[models]]")
+
+    def resolve(self, model: str) -> str:
+        """The model a client's name means: an exact alias, a model id as itself, then the first
+        pattern alias (``"claude-*"``, shell-style) that matches, else the name unchanged."""
+        target = self.aliases.get(model)
+        if target is not None:
+            return target
+        if any(m.id == model for m in self.models):
+            return model
+        for alias, target in self.aliases.items():
+            if is_pattern(alias) and fnmatch.fnmatchcase(model, alias):
+                return target
+        return model
 
     def profile(self, model_id: str) -> ModelProfile | None:
         for m in self.models:

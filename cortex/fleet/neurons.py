@@ -1,4 +1,5 @@
-"""Talking to neurons over the fleet contract (contracts §3): polls, loads, unloads, endpoints.
+"""Talking to neurons over the fleet contract (contracts §3): polls, loads, unloads, endpoints,
+token counts.
 
 One shared aiohttp session (its connector is the connection pool). Timeouts bound connecting
 and silence between reads, never the total time, except where a call is a quick poll.
@@ -13,6 +14,8 @@ import msgspec
 
 from cortex.protocol.errors import ApiError
 from cortex.protocol.fleet import Discovery, Health, ModelInfo, ModelSpec
+
+TOKENIZE_TIMEOUT_SECS = 30.0  # a first count reads the tokenizer files; long prompts take a while
 
 
 class NeuronUnreachable(Exception):
@@ -32,6 +35,7 @@ class NeuronClient:
         self.session = session
         self.poll_timeout = aiohttp.ClientTimeout(total=poll_timeout_secs)
         self.load_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=load_timeout_secs)
+        self.tokenize_timeout = aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_SECS)
 
     async def _get(self, url: str, kind):
         try:
@@ -65,6 +69,18 @@ class NeuronClient:
     async def load(self, base: str, spec: ModelSpec) -> None:
         """Loads and waits until resident; raises ApiError with the neuron's status and message."""
         await self._post(base + "/models/load", msgspec.json.encode(spec), self.load_timeout)
+
+    async def tokenize(self, base: str, body: bytes) -> int:
+        """The prompt's token count (neuron ``/tokenize``); raises ApiError with the neuron's status."""
+
+        class Count(msgspec.Struct):
+            count: int
+
+        answer = await self._post(base + "/tokenize", body, self.tokenize_timeout)
+        try:
+            return msgspec.json.decode(answer, type=Count).count
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise NeuronUnreachable(f"{base}/tokenize: malformed answer: {exc}") from None
 
     async def unload(self, base: str, model: str) -> None:
         await self._post(base + "/models/unload", msgspec.json.encode({"model_id": model}), self.load_timeout)

@@ -56,13 +56,58 @@ class Scheduler:
     def _unavailable(self, message: str) -> ApiError:
         return ApiError("unavailable", message, retry_after=RETRY_AFTER_SECS)
 
-    async def route(self, model: str, *, exclude: frozenset[str] = frozenset()) -> Route:
-        """Where ``model`` (a canonical id) runs now; loads it first when it must."""
+    def _not_found(self, model: str) -> ApiError:
+        fleet = self.fleet
+        known = sorted({m for n in fleet.nodes.values() for m in n.models} | {p.id for p in fleet.catalogue.models})
+        return ApiError(
+            "not_found",
+            f"model {model!r} is not served by this fleet: not loaded on any neuron and not in the catalogue"
+            + (f" (known: {', '.join(known[:20])})" if known else ""),
+            param="model",
+            code="model_not_found",
+        )
+
+    def _check_fleet(self) -> None:
         fleet = self.fleet
         if not fleet.nodes:
             raise self._unavailable("no neurons are configured ([[neurons]] in cortex.toml)")
         if not fleet.up_nodes():
             raise self._unavailable(f"none of the {len(fleet.nodes)} neurons is reachable right now")
+
+    async def count_tokens(self, model: str, body: bytes) -> int:
+        """A prompt's token count from a neuron with the model's files: where it is loaded or
+        loading first, then where it could be placed. Counting never loads a model."""
+        self._check_fleet()
+        fleet = self.fleet
+        profile = fleet.catalogue.profile(model)
+        nodes = fleet.replicas(model) + fleet.loading_on(model)
+        if profile is not None:
+            nodes += fleet.feasible_nodes(profile)
+        if not nodes:
+            if profile is None:
+                raise self._not_found(model)
+            raise self._unavailable(f"no neuron that is up can hold {model!r}, so none can count its tokens")
+        problems: list[str] = []
+        asked: set[str] = set()
+        for node in nodes:
+            if node.name in asked:
+                continue
+            asked.add(node.name)
+            try:
+                return await self.client.tokenize(node.endpoint, body)
+            except NeuronUnreachable as exc:
+                problems.append(f"{node.name}: unreachable")
+                log.info("tokenize on %s failed: %s", node.name, exc)
+            except ApiError as exc:
+                if exc.status != 404:  # the request itself is wrong: every neuron would say so
+                    raise
+                problems.append(f"{node.name}: {exc.message}")
+        raise self._unavailable(f"no neuron could count tokens for {model!r}: " + "; ".join(problems))
+
+    async def route(self, model: str, *, exclude: frozenset[str] = frozenset()) -> Route:
+        """Where ``model`` (a canonical id) runs now; loads it first when it must."""
+        fleet = self.fleet
+        self._check_fleet()
         for node in fleet.replicas(model):
             if node.name in exclude:
                 continue
@@ -72,14 +117,7 @@ class Scheduler:
                 log.info("endpoint of %s on %s failed: %s", model, node.name, exc)
         profile = fleet.catalogue.profile(model)
         if profile is None and not fleet.loading_on(model):
-            known = sorted({m for n in fleet.nodes.values() for m in n.models} | {p.id for p in fleet.catalogue.models})
-            raise ApiError(
-                "not_found",
-                f"model {model!r} is not served by this fleet: not loaded on any neuron and not in the catalogue"
-                + (f" (known: {', '.join(known[:20])})" if known else ""),
-                param="model",
-                code="model_not_found",
-            )
+            raise self._not_found(model)
         started = time.monotonic()
         node = await self.ensure_loaded(model, profile)
         try:

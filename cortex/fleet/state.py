@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cortex.config import Catalogue, CortexConfig, ModelProfile
+from cortex.config import Catalogue, CortexConfig, ModelProfile, is_pattern
 from cortex.protocol.fleet import Discovery, Health, ModelInfo
 
 DOWN_AFTER_FAILURES = 3
@@ -83,8 +83,8 @@ class Fleet:
         self.started = time.time()
 
     def canonical(self, model: str) -> str:
-        """The model an alias points at (one hop), or the model itself."""
-        return self.catalogue.aliases.get(model, model)
+        """The model an alias (exact or pattern, one hop) points at, or the model itself."""
+        return self.catalogue.resolve(model)
 
     def up_nodes(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.up]
@@ -116,7 +116,7 @@ class Fleet:
                 if model not in entries and info.status in ("loaded", "loading"):
                     entries[model] = self._entry(model)
         for alias, target in self.catalogue.aliases.items():
-            if target in entries:
+            if target in entries and not is_pattern(alias):
                 entries[alias] = {**entries[target], "id": alias, "alias_of": target}
         return list(entries.values())
 

@@ -17,9 +17,10 @@ from cortex.fleet.neurons import NeuronClient
 from cortex.fleet.poller import poll_forever, poll_once
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import Fleet
-from cortex.gateway import admin, openai
+from cortex.gateway import admin, anthropic, openai, responses
 from cortex.gateway.context import GatewayContext
 from cortex.metrics import GatewayMetrics
+from cortex.protocol.anthropic import errors as anthropic_errors
 from cortex.protocol.errors import ApiError
 from cortex.protocol.openai import errors as openai_errors
 
@@ -29,14 +30,15 @@ _KIND_OF_STATUS = {400: "invalid_request", 401: "authentication", 403: "permissi
 POLL_TIMEOUT_SECS = 5.0
 
 
-def error_response(err: ApiError):
+def error_response(err: ApiError, request: Request):
+    """The error in the caller's dialect: Anthropic's envelope on ``/v1/messages*``, OpenAI's
+    everywhere else."""
     headers = {"retry-after": str(max(1, int(err.retry_after)))} if err.retry_after is not None else {}
-    return response.raw(
-        msgspec.json.encode(openai_errors.render(err)),
-        status=err.status,
-        headers=headers,
-        content_type="application/json",
-    )
+    if request.path.startswith("/v1/messages"):
+        body = anthropic_errors.render(err, request_id=request.headers.get("x-request-id") or f"req_{request.id.hex}")
+    else:
+        body = openai_errors.render(err)
+    return response.raw(msgspec.json.encode(body), status=err.status, headers=headers, content_type="application/json")
 
 
 def _presented_key(request: Request) -> str | None:
@@ -66,6 +68,8 @@ def create_app(
         }
     )
     app.blueprint(openai.bp)
+    app.blueprint(anthropic.bp)
+    app.blueprint(responses.bp)
     app.blueprint(admin.bp)
     auth = config.auth
 
@@ -77,18 +81,19 @@ def create_app(
         if path.startswith("/admin/") and auth.admin_keys:
             key = _presented_key(request)
             if key is None:
-                return error_response(ApiError("authentication", "this route needs an admin key"))
+                return error_response(ApiError("authentication", "this route needs an admin key"), request)
             if not _matches(key, auth.admin_keys):
-                return error_response(ApiError("permission", "the key presented is not an admin key"))
+                return error_response(ApiError("permission", "the key presented is not an admin key"), request)
         elif path.startswith("/v1/") and auth.api_keys and not _matches(_presented_key(request), auth.api_keys):
             return error_response(
-                ApiError("authentication", "a valid API key is required (Authorization: Bearer … or x-api-key)")
+                ApiError("authentication", "a valid API key is required (Authorization: Bearer … or x-api-key)"),
+                request,
             )
         return None
 
     @app.exception(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
-        return error_response(exc)
+        return error_response(exc, request)
 
     @app.exception(SanicException)
     async def on_sanic_error(request: Request, exc: SanicException):
@@ -99,12 +104,14 @@ def create_app(
             message = f"no route {request.method} {request.path}"
         elif status == 413:
             message = f"the request body is larger than max_body_mb = {config.gateway.max_body_mb:g} MB"
-        return error_response(ApiError(kind, message, status=status))
+        return error_response(ApiError(kind, message, status=status), request)
 
     @app.exception(Exception)
     async def on_unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApiError("internal", f"internal error ({type(exc).__name__}); see the gateway log"))
+        return error_response(
+            ApiError("internal", f"internal error ({type(exc).__name__}); see the gateway log"), request
+        )
 
     @app.before_server_start
     async def open_upstreams(app: Sanic) -> None:

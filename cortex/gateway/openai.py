@@ -1,6 +1,9 @@
-"""The OpenAI dialect on the gateway: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``."""
+"""The OpenAI dialect on the gateway: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``
+(which Anthropic clients list too)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import msgspec
 from sanic import Blueprint, Request, response
@@ -50,7 +53,14 @@ async def completions(request: Request):
 
 @bp.get("/v1/models")
 async def models(request: Request):
-    return response.raw(
-        msgspec.json.encode({"object": "list", "data": context_of(request).fleet.model_entries()}),
-        content_type="application/json",
-    )
+    """The merged catalogue; an Anthropic client (``anthropic-version`` header) gets the same list
+    with the fields of Anthropic's model objects added."""
+    entries = context_of(request).fleet.model_entries()
+    body: dict = {"object": "list", "data": entries}
+    if "anthropic-version" in request.headers:
+        for e in entries:
+            created = datetime.fromtimestamp(e["created"], UTC).isoformat().replace("+00:00", "Z")
+            e.update(type="model", display_name=e["id"], created_at=created)
+        body.update(has_more=False, first_id=entries[0]["id"] if entries else None)
+        body["last_id"] = entries[-1]["id"] if entries else None
+    return response.raw(msgspec.json.encode(body), content_type="application/json")

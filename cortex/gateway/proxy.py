@@ -1,10 +1,15 @@
-"""Relaying a request to the neuron that serves its model, bytes in, bytes out.
+"""Relaying a request to the neuron that serves its model.
 
-The body is parsed once (``model``, ``stream``) and re-encoded only to rewrite an alias. Streams
-are relayed chunk by chunk as they arrive; metrics time the first token, and usage is found by a
-byte search of the stream's last chunks. A connection failure before the first byte retries on
-another replica; nothing is retried after it. While a streamed request waits for a cold load,
-the SSE headers go out at once and ``: keep-alive`` comments follow.
+OpenAI chat and completions pass through as bytes: the body is parsed once (``model``,
+``stream``) and re-encoded only to rewrite an alias; streams are relayed chunk by chunk as they
+arrive; metrics time the first token and find usage by a byte search of the stream's last
+chunks. Translated dialects (Anthropic Messages, OpenAI Responses) send a chat body the gateway
+built and get the answer back through a translator: whole, or event by event as the upstream
+chunks arrive, with the dialect's keep-alive while nothing else goes out.
+
+A connection failure before the first byte retries on another replica; nothing is retried after
+it. While a streamed request waits for a cold load, the response headers go out at once and
+keep-alives follow.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import logging
 import re
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -26,10 +33,11 @@ from cortex.fleet.scheduler import Route
 from cortex.gateway.context import GatewayContext
 from cortex.protocol.errors import ApiError
 from cortex.protocol.openai import errors as openai_errors
+from cortex.translate.common import StreamError
+from cortex.translate.sse import EventReader, decode_chunk, upstream_error
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_SECS = 5.0
 COLD_WAIT_SECS = 0.05  # a route slower than this is a cold load: open the stream meanwhile
 HOP_BY_HOP = frozenset(
     {
@@ -79,17 +87,87 @@ def _usage(tail: bytes) -> tuple[int, int] | None:
         return None
 
 
+class StreamTranslator(Protocol):
+    """Chat chunks in, the client's dialect out (``cortex.translate``)."""
+
+    started: bool
+    ended: bool
+
+    def start(self, input_tokens: int) -> bytes: ...
+    def keepalive(self) -> bytes: ...
+    def feed(self, chunk: Any) -> bytes: ...
+    def finish(self) -> bytes: ...
+    def fail(self, err: ApiError) -> bytes: ...
+
+
+@dataclass
+class Translation:
+    """How one translated request's answer goes back: ``whole`` turns a complete chat answer
+    into the client's body; ``stream`` is set for streamed requests; ``count`` (optional) counts
+    the prompt's tokens so a stream can open before a cold load finishes."""
+
+    whole: Callable[[bytes], bytes]
+    stream: StreamTranslator | None = None
+    count: Callable[[], Awaitable[int | None]] | None = None
+
+
+_KIND_OF_STATUS = {
+    400: "invalid_request",
+    401: "authentication",
+    403: "permission",
+    404: "not_found",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_request",
+    429: "rate_limit",
+    503: "unavailable",
+    504: "timeout",
+    507: "insufficient_storage",
+}
+
+
+def upstream_api_error(status: int, data: bytes, retry_after: str | None = None) -> ApiError:
+    """A neuron's error answer (OpenAI envelope, or anything) as an ApiError to re-render."""
+    message, param = data[:500].decode(errors="replace"), None
+    with contextlib.suppress(msgspec.DecodeError, AttributeError, TypeError):
+        err = msgspec.json.decode(data).get("error")
+        if isinstance(err, dict):
+            message, param = str(err.get("message") or err), err.get("param")
+    kind = _KIND_OF_STATUS.get(status, "upstream" if status >= 500 else "invalid_request")
+    after = None
+    with contextlib.suppress(TypeError, ValueError):
+        after = float(retry_after) if retry_after is not None else None
+    return ApiError(kind, message, param=param, status=status, retry_after=after)
+
+
 def _relay_headers(upstream: aiohttp.typedefs.LooseHeaders, extra: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in upstream.items() if k.lower() not in HOP_BY_HOP}
     out.update(extra)
     return out
 
 
+async def count_prompt(ctx: GatewayContext, model: str, tokenize_body: dict[str, Any], endpoint: str) -> int:
+    """A prompt's exact token count from a neuron (never loading a model), with the request metric."""
+    status = 499
+    try:
+        count = await ctx.scheduler.count_tokens(model, msgspec.json.encode(tokenize_body))
+        status = 200
+        return count
+    except ApiError as err:
+        status = err.status
+        raise
+    finally:
+        ctx.metrics.requests.labels(model, "", endpoint, str(status)).inc()
+
+
 class Relay:
     """One client request on its way through the gateway."""
 
-    def __init__(self, request: Request, ctx: GatewayContext, endpoint: str, path: str) -> None:
+    def __init__(
+        self, request: Request, ctx: GatewayContext, endpoint: str, path: str, translation: Translation | None = None
+    ) -> None:
         self.request, self.ctx, self.endpoint, self.path = request, ctx, endpoint, path
+        self.translation = translation
         self.started = time.monotonic()
         self.model = ""  # label: a fleet / catalogue id once routed, never the client's string
         self.node = ""
@@ -97,9 +175,11 @@ class Relay:
         self.stream_response: Any = None  # sanic response once the stream is open
 
     async def run(self, body: bytes, parsed: RoutedBody) -> HTTPResponse | None:
+        """Routes and forwards ``body``. For a translated request, ``body`` already names the
+        canonical model; for a pass-through one an alias is rewritten here."""
         fleet = self.ctx.fleet
         canonical = fleet.canonical(parsed.model)
-        if canonical != parsed.model:  # an alias: the neuron knows the model by its own id
+        if canonical != parsed.model and self.translation is None:
             obj = msgspec.json.decode(body)
             obj["model"] = canonical
             body = msgspec.json.encode(obj)
@@ -110,7 +190,7 @@ class Relay:
         except ApiError as err:
             self.status = err.status
             if self.stream_response is not None:  # headers already out: finish the stream with the error
-                await self._send(openai_errors.render_sse(err) + DONE)
+                await self._send(self._stream_error(err))
                 await self.stream_response.eof()
                 return None
             raise
@@ -120,6 +200,14 @@ class Relay:
             m.requests.labels(*labels, self.endpoint, str(self.status or 499)).inc()
             m.duration.labels(*labels, self.endpoint).observe(time.monotonic() - self.started)
 
+    def _stream_error(self, err: ApiError) -> bytes:
+        tr = self.translation.stream if self.translation is not None else None
+        return tr.fail(err) if tr is not None else openai_errors.render_sse(err) + DONE
+
+    def _keepalive(self) -> bytes:
+        tr = self.translation.stream if self.translation is not None else None
+        return tr.keepalive() if tr is not None else b": keep-alive\n\n"
+
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(Exception):  # the client may be gone
             await self.stream_response.send(data)
@@ -127,20 +215,34 @@ class Relay:
     async def _route(self, model: str, stream: bool) -> Route:
         scheduler = self.ctx.scheduler
         task = asyncio.get_running_loop().create_task(scheduler.route(model))
+        count: asyncio.Task | None = None
         try:
             if stream:
                 done, _ = await asyncio.wait({task}, timeout=COLD_WAIT_SECS)
                 if not done:  # a cold load: open the stream now and keep it alive while we wait
                     self.stream_response = await self.request.respond(status=200, headers=dict(SSE_HEADERS))
-                    await self._send(b": keep-alive\n\n")
+                    tr = self.translation
+                    if tr is not None and tr.count is not None and tr.stream is not None:
+                        count = asyncio.get_running_loop().create_task(tr.count())
+                    await self._send(self._keepalive())
                     while not task.done():
-                        done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECS)
-                        if not done:
-                            await self._send(b": keep-alive\n\n")
+                        done, _ = await asyncio.wait(
+                            {task, count} - {None},
+                            timeout=self.ctx.config.gateway.keepalive_secs,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if count is not None and count in done:  # the dialect can open its message now
+                            tokens = count.result()
+                            if tokens is not None and tr is not None and tr.stream is not None:
+                                await self._send(tr.stream.start(tokens))
+                            count = None
+                        elif not done:
+                            await self._send(self._keepalive())
             return await task
         finally:
-            if not task.done():
-                task.cancel()
+            for t in (task, count):
+                if t is not None and not t.done():
+                    t.cancel()
 
     async def _forward(self, route: Route, model: str, body: bytes, stream: bool) -> HTTPResponse | None:
         ctx = self.ctx
@@ -203,6 +305,8 @@ class Relay:
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise ApiError("upstream", f"neuron {route.node.name} broke off its answer: {exc}") from None
                 self._account_body(model, route.node.name, data)
+                if self.translation is not None:
+                    return self._translated_body(up, data, stream, extra)
                 if self.stream_response is not None:  # we promised a stream during the cold load
                     if up.status != 200:
                         err = ApiError("upstream", data.decode(errors="replace")[:500], status=up.status)
@@ -212,13 +316,48 @@ class Relay:
                     await self.stream_response.eof()
                     return None
                 return response.raw(data, status=up.status, headers=_relay_headers(up.headers, extra))
+            if self.translation is not None:
+                return await self._stream_translated(up, model, route.node.name, extra)
             return await self._stream(up, model, route.node.name, extra)
+
+    def _translated_body(self, up: aiohttp.ClientResponse, data: bytes, stream: bool, extra: dict[str, str]):
+        if up.status != 200:
+            raise upstream_api_error(up.status, data, up.headers.get("retry-after"))
+        if stream:
+            raise ApiError(
+                "upstream", "the neuron answered a streamed request with a whole body", code="upstream_garbage"
+            )
+        assert self.translation is not None
+        return response.raw(self.translation.whole(data), headers=extra, content_type="application/json")
 
     def _account_body(self, model: str, node: str, data: bytes) -> None:
         usage = _usage(data) if b'"usage"' in data else None
         if usage:
             self.ctx.metrics.prompt_tokens.labels(model, node).inc(usage[0])
             self.ctx.metrics.completion_tokens.labels(model, node).inc(usage[1])
+
+    def _account_stream(self, model: str, node: str, tail: deque[bytes], first: float | None, last: float | None):
+        metrics = self.ctx.metrics
+        usage = _usage(b"".join(tail))
+        if usage:
+            metrics.prompt_tokens.labels(model, node).inc(usage[0])
+            metrics.completion_tokens.labels(model, node).inc(usage[1])
+            if first is not None and last is not None and last > first and usage[1] > 1:
+                metrics.tps.labels(model, node).observe((usage[1] - 1) / (last - first))
+                metrics.itl.labels(model, node).observe((last - first) / (usage[1] - 1))
+
+    def _broken(self, exc: BaseException, node: str, model: str) -> ApiError:
+        stalled = isinstance(exc, asyncio.TimeoutError)
+        why = (
+            f"neuron {node} sent nothing for {self.ctx.config.gateway.stall_timeout_secs:g} s"
+            if stalled
+            else f"neuron {node} broke off the stream ({type(exc).__name__})"
+        )
+        log.warning("stream of %s: %s", model, why)
+        self.status = 502
+        return ApiError(
+            "timeout" if stalled else "upstream", why, code="upstream_stalled" if stalled else "upstream_broken"
+        )
 
     async def _stream(self, up: aiohttp.ClientResponse, model: str, node: str, extra: dict[str, str]) -> None:
         metrics = self.ctx.metrics
@@ -245,24 +384,68 @@ class Relay:
                 tail.append(chunk)
                 await resp.send(chunk)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            stalled = isinstance(exc, asyncio.TimeoutError)
-            why = (
-                f"neuron {node} sent nothing for {self.ctx.config.gateway.stall_timeout_secs:g} s"
-                if stalled
-                else f"neuron {node} broke off the stream ({type(exc).__name__})"
-            )
-            log.warning("stream of %s: %s", model, why)
-            self.status = 502
-            err = ApiError(
-                "timeout" if stalled else "upstream", why, code="upstream_stalled" if stalled else "upstream_broken"
-            )
-            await self._send(openai_errors.render_sse(err) + DONE)
+            await self._send(openai_errors.render_sse(self._broken(exc, node, model)) + DONE)
         await resp.eof()
-        usage = _usage(b"".join(tail))
-        if usage:
-            metrics.prompt_tokens.labels(model, node).inc(usage[0])
-            metrics.completion_tokens.labels(model, node).inc(usage[1])
-            if first is not None and last is not None and last > first and usage[1] > 1:
-                metrics.tps.labels(model, node).observe((usage[1] - 1) / (last - first))
-                metrics.itl.labels(model, node).observe((last - first) / (usage[1] - 1))
+        self._account_stream(model, node, tail, first, last)
+        return None
+
+    async def _stream_translated(
+        self, up: aiohttp.ClientResponse, model: str, node: str, extra: dict[str, str]
+    ) -> None:
+        """Upstream chat chunks → the client's dialect, event by event; the dialect's keep-alive
+        goes out whenever the upstream is silent for ``keepalive_secs`` (queue, long prefill)."""
+        assert self.translation is not None and self.translation.stream is not None
+        tr = self.translation.stream
+        metrics = self.ctx.metrics
+        if self.stream_response is None:
+            self.stream_response = await self.request.respond(status=200, headers={**SSE_HEADERS, **extra})
+        resp = self.stream_response
+        reader = EventReader()
+        tail: deque[bytes] = deque(maxlen=4)
+        first = last = None
+        content = up.content
+        keepalive = self.ctx.config.gateway.keepalive_secs
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(keepalive) as quiet:
+                        chunk = await content.readany()
+                except TimeoutError:
+                    if quiet.expired():  # our keep-alive timer, not the stall timeout
+                        await resp.send(tr.keepalive())
+                        continue
+                    raise
+                if not chunk:
+                    break
+                if first is None and _has_token(chunk):
+                    first = time.monotonic()
+                    metrics.ttft.labels(model, node).observe(first - self.started)
+                last = time.monotonic()
+                tail.append(chunk)
+                out = b""
+                for payload in reader.feed(chunk):
+                    parsed = decode_chunk(payload)
+                    if parsed is None:
+                        continue
+                    if parsed.error is not None:
+                        raise upstream_error(parsed.error)
+                    out += tr.feed(parsed)
+                if out:
+                    await resp.send(out)
+            for payload in reader.close():
+                parsed = decode_chunk(payload)
+                if parsed is not None:
+                    await resp.send(tr.feed(parsed))
+            final = tr.finish()
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            final = tr.fail(self._broken(exc, node, model))
+        except StreamError as exc:
+            self.status = 502
+            final = tr.fail(ApiError("upstream", str(exc), code="untranslatable_stream"))
+        except ApiError as err:
+            self.status = err.status
+            final = tr.fail(err)
+        await self._send(final)
+        await resp.eof()
+        self._account_stream(model, node, tail, first, last)
         return None

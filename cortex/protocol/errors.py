@@ -6,6 +6,11 @@ Both programs use it: the neuron answers in the OpenAI dialect, the gateway in t
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+import msgspec
+
 STATUS_OF_KIND: dict[str, int] = {
     "invalid_request": 400,
     "authentication": 401,
@@ -51,3 +56,25 @@ class ApiError(Exception):
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError("invalid_request", message, param=param, code=code)
+
+
+_AT_RE = re.compile(r" - at `\$\.?([^`]*)`$")
+_BAD_TAG_RE = re.compile(r"^Invalid value '([^']*)'")
+_MISSING_RE = re.compile(r"^Object missing required field `([^`]*)`")
+
+
+def invalid_field(exc: msgspec.ValidationError, bad_tag: Callable[[str, str], str | None] | None = None) -> ApiError:
+    """A msgspec validation error as a 400 that reads ``where: what`` (``messages[0].role:
+    Expected `str`…``); ``bad_tag(where, value)`` may say better what an unknown ``type`` means."""
+    text = str(exc)
+    at = _AT_RE.search(text)
+    where = at.group(1) if at else ""
+    what = text[: at.start()] if at else text
+    tag = _BAD_TAG_RE.match(what)
+    if tag and bad_tag is not None:
+        what = bad_tag(where, tag.group(1)) or what
+    missing = _MISSING_RE.match(what)
+    if missing:
+        where = f"{where}.{missing.group(1)}" if where else missing.group(1)
+        what = "Field required"
+    return invalid(f"{where}: {what}" if where else what, param=where or None)

@@ -1,1 +1,3 @@
-"""Anthropic <-> OpenAI translation of requests, responses and streams (pure functions)."""
+"""Dialect translation as pure functions and small state machines: Anthropic Messages and OpenAI
+Responses to and from the OpenAI chat dialect the neurons speak. No I/O here; the gateway wires
+these into its routes."""

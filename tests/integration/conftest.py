@@ -8,12 +8,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from integration.services import NeuronProcess, free_port, write_config
+from integration.services import (
+    FAKE_NEURON,
+    FleetUnderTest,
+    NeuronProcess,
+    ServiceProcess,
+    catalogue_toml,
+    free_port,
+    write_config,
+)
 
 from neuron.chat.template import ChatTemplate
 from neuron.demo import (
@@ -40,12 +49,10 @@ SCRIPTS = {
 
 
 def scripted_template() -> str:
-    """The demo template, plus a marker token after a tool result, so a model can tell the turns apart."""
-    tail = "{{- '<|im_start|>assistant\\n' -}}"
-    assert tail in demo_template()
-    return demo_template().replace(
-        tail, tail + "{%- if messages[-1].role == 'tool' -%}{{- '" + AFTER_TOOL + "' -}}{%- endif -%}"
-    )
+    """The demo template, plus a marker token at the very end after a tool result, so a model can
+    tell the turns apart (with thinking on or off)."""
+    marker = "{%- if add_generation_prompt and messages[-1].role == 'tool' -%}{{- '" + AFTER_TOOL + "' -}}{%- endif -%}"
+    return demo_template().rstrip("\n") + marker + "\n"
 
 
 def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: int = 4096) -> Path:
@@ -62,16 +69,20 @@ def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: i
             w[name].zero_()  # the residual stream carries the token's embedding unchanged
     template = ChatTemplate(scripted_template())
 
-    def last_id(messages) -> int:
-        return tok.encode(template.render(messages), add_special_tokens=False).ids[-1]
+    def last_id(messages, **extra) -> int:
+        return tok.encode(template.render(messages, extra=extra), add_special_tokens=False).ids[-1]
 
     user = [{"role": "user", "content": "hi"}]
     tool = [*user, {"role": "assistant", "content": "", "tool_calls": []}, {"role": "tool", "content": "x"}]
-    triggers = {"turn": last_id(user), "after_tool": last_id(tool)}
+    triggers = {  # the prompt's last token, with the model's default and with thinking switched off
+        "turn": {last_id(user), last_id(user, enable_thinking=False)},
+        "after_tool": {last_id(tool), last_id(tool, enable_thinking=False)},
+    }
+    assert not triggers["turn"] & triggers["after_tool"]
     eos = tok.token_to_id("<|im_end|>")
     nxt: dict[int, int] = {}
     for kind, chain in scripts.items():
-        ids = [triggers[kind]]
+        ids = [min(triggers[kind])]
         for p in chain:
             enc = tok.encode(p, add_special_tokens=False).ids
             assert len(enc) == 1, f"{p!r} must be one token"
@@ -79,6 +90,8 @@ def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: i
         ids.append(eos)
         for a, b in itertools.pairwise(ids):
             nxt[a] = b
+        for other in triggers[kind] - {ids[0]}:
+            nxt[other] = ids[1]
     hidden = cfg["hidden_size"]
     chain_tokens = sorted(set(nxt) | set(nxt.values()))
     assert len(chain_tokens) <= hidden
@@ -128,3 +141,52 @@ def running_neuron(model_root, tmp_path_factory) -> Iterator[NeuronProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def start_fleet(tmp_path) -> Iterator[Callable[..., FleetUnderTest]]:
+    started: list[ServiceProcess] = []
+
+    def start(
+        neurons: dict[str, dict],
+        *,
+        models: list[dict] | None = None,
+        aliases: dict[str, str] | None = None,
+        extra: str = "",
+        gateway: dict | None = None,
+        poll_secs: float = 0.3,
+        endpoints: dict[str, str] | None = None,
+    ) -> FleetUnderTest:
+        fakes = {}
+        for name, spec in neurons.items():
+            port = free_port()
+            cmd = [sys.executable, str(FAKE_NEURON), "--name", name, "--port", str(port), "--spec", json.dumps(spec)]
+            fakes[name] = ServiceProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"{name}.log", tmp_path)
+            started.append(fakes[name])
+        for fake in fakes.values():
+            fake.wait_http("/discovery", lambda d: True, 30)
+        (tmp_path / "models.toml").write_text(catalogue_toml(models or [], aliases))
+        port, mport = free_port(), free_port()
+        lines = ['models_config = "models.toml"', "[gateway]", f'listen = "127.0.0.1:{port}"']
+        lines += [f'metrics_listen = "127.0.0.1:{mport}"', f"poll_interval_secs = {poll_secs}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (gateway or {}).items()]
+        for name, fake in fakes.items():
+            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{fake.url}"']
+        for name, url in (endpoints or {}).items():
+            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']
+        cfg = tmp_path / "cortex.toml"
+        cfg.write_text("\n".join(lines) + "\n" + extra + "\n")
+        gateway = ServiceProcess(
+            [sys.executable, "-m", "cortex.cli", "serve", "--config", str(cfg)],
+            f"http://127.0.0.1:{port}",
+            tmp_path / "cortex.log",
+            tmp_path,
+        )
+        started.append(gateway)
+        want = len(fakes) + len(endpoints or {})
+        gateway.wait_http("/health", lambda h: h["nodes"]["healthy"] == want, 30, what="polling its neurons")
+        return FleetUnderTest(gateway, f"http://127.0.0.1:{mport}/metrics", fakes)
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()

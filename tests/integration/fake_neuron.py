@@ -1,7 +1,9 @@
 """A neuron test double for gateway tests: a small Sanic app that speaks the neuron contract
 (cortex.protocol structs) with behaviour the test sets at start and changes through
 ``POST /_control``: loaded models, load delays and failures, stream speed, dying mid-stream,
-garbage answers. ``GET /_stats`` reports what it was asked to do.
+garbage answers, and a ``script`` of chat chunks to answer with (streamed as given, or merged
+into one completion). ``GET /_stats`` reports what it was asked to do, including the last chat
+and tokenize bodies.
 
     python fake_neuron.py --name beast --port 17001 --spec '{"devices": [24000], "loaded": ["m"]}'
 """
@@ -31,6 +33,12 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         "die_after": spec.get("die_after"),  # chunks before the process exits mid-stream
         "garbage": spec.get("garbage", False),
         "stall_secs": spec.get("stall_secs", 0),
+        "script": spec.get("script"),  # chat chunks ({"delta", "finish_reason", "stop_reason"}) to answer with
+        "error_after": spec.get("error_after"),  # script chunks before an error event
+        "prompt_tokens": spec.get("prompt_tokens", 7),
+        "tokenize_status": spec.get("tokenize_status", 200),
+        "last_body": None,
+        "last_tokenize": None,
         "loads": [],
         "unloads": [],
         "requests": 0,
@@ -126,35 +134,76 @@ def build(name: str, port: int, spec: dict) -> Sanic:
             return response.json({"error": {"message": "not loaded"}}, status=404)
         return response.json({"url": f"http://127.0.0.1:{port}"})
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = json.loads(request.body)
+        state["last_tokenize"] = body
+        if state["tokenize_status"] != 200:
+            return response.json({"error": {"message": "no files here", "type": "x"}}, status=state["tokenize_status"])
+        return response.json({"count": state["prompt_tokens"], "max_context": 4096})
+
+    def merged(script: list[dict]) -> dict:
+        """A whole completion's message and finish from a chunk script."""
+        message: dict = {"role": "assistant", "content": None}
+        calls: dict[int, dict] = {}
+        for c in script:
+            d = c.get("delta", {})
+            for key in ("content", "reasoning_content"):
+                if d.get(key):
+                    message[key] = (message.get(key) or "") + d[key]
+            for t in d.get("tool_calls", []):
+                call = calls.setdefault(t["index"], {"id": t.get("id"), "type": "function", "function": {}})
+                fn = t.get("function", {})
+                if fn.get("name"):
+                    call["function"]["name"] = fn["name"]
+                call["function"]["arguments"] = call["function"].get("arguments", "") + (fn.get("arguments") or "")
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        last = script[-1]
+        return {
+            "index": 0,
+            "message": message,
+            "finish_reason": last.get("finish_reason"),
+            "stop_reason": last.get("stop_reason"),
+        }
+
     @app.post("/v1/chat/completions")
     @app.post("/v1/completions", name="completions")
     async def generate(request: Request):
         state["requests"] += 1
         body = json.loads(request.body)
+        state["last_body"] = body
         model = body["model"]
         if state["models"].get(model) != "loaded":
             return response.json({"error": {"message": f"model {model!r} is not loaded", "type": "x"}}, status=404)
         if state["garbage"]:
             return response.raw(b"<html>definitely not json", content_type="text/html")
         text = f"reply from {name}"
-        usage = {"prompt_tokens": 7, "completion_tokens": state["tokens"], "total_tokens": 7 + state["tokens"]}
+        script = state["script"]
+        completion = state["tokens"] if script is None else len(script)
+        prompt = state["prompt_tokens"]
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         if not body.get("stream"):
-            await asyncio.sleep(state["token_delay"] * state["tokens"])
+            await asyncio.sleep(state["token_delay"] * completion)
+            choice = (
+                merged(script)
+                if script
+                else {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            )
             return response.json(
                 {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
                     "created": 0,
                     "model": model,
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    ],
+                    "choices": [choice],
                     "usage": usage,
                 }
             )
         resp = await request.respond(content_type="text/event-stream")
+        continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
 
-        def chunk(delta: dict, finish=None, with_usage=False) -> bytes:
+        def chunk(delta: dict, finish=None, with_usage=False, done=0, stop_reason=None) -> bytes:
             obj = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -162,19 +211,34 @@ def build(name: str, port: int, spec: dict) -> Sanic:
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
+            if stop_reason is not None:
+                obj["choices"][0]["stop_reason"] = stop_reason
             if with_usage:
                 obj["usage"] = usage
+            elif continuous:
+                obj["usage"] = {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
             return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
         await resp.send(chunk({"role": "assistant", "content": ""}))
-        for i in range(state["tokens"]):
-            if state["die_after"] is not None and i >= state["die_after"]:
-                os._exit(3)  # the neuron dies mid-stream
-            if state["stall_secs"] and i == 1:
-                await asyncio.sleep(state["stall_secs"])
-            await asyncio.sleep(state["token_delay"])
-            await resp.send(chunk({"content": f"{name}-{i} "}))
-        await resp.send(chunk({}, "stop", with_usage=True))
+        if script is not None:
+            for i, c in enumerate(script):
+                if state["error_after"] is not None and i >= state["error_after"]:
+                    err = {"error": {"message": "fake failure mid-stream", "type": "server_error"}}
+                    await resp.send(b"data: " + json.dumps(err).encode() + b"\n\n")
+                    await resp.eof()
+                    return None
+                await asyncio.sleep(state["token_delay"])
+                final = c.get("finish_reason") is not None
+                await resp.send(chunk(c.get("delta", {}), c.get("finish_reason"), final, i + 1, c.get("stop_reason")))
+        else:
+            for i in range(state["tokens"]):
+                if state["die_after"] is not None and i >= state["die_after"]:
+                    os._exit(3)  # the neuron dies mid-stream
+                if state["stall_secs"] and i == 1:
+                    await asyncio.sleep(state["stall_secs"])
+                await asyncio.sleep(state["token_delay"])
+                await resp.send(chunk({"content": f"{name}-{i} "}, done=i + 1))
+            await resp.send(chunk({}, "stop", with_usage=True))
         await resp.send(b"data: [DONE]\n\n")
         await resp.eof()
         return None
@@ -186,7 +250,8 @@ def build(name: str, port: int, spec: dict) -> Sanic:
 
     @app.get("/_stats")
     async def stats(request: Request):
-        return response.json({k: state[k] for k in ("loads", "unloads", "requests", "models")})
+        keys = ("loads", "unloads", "requests", "models", "last_body", "last_tokenize")
+        return response.json({k: state[k] for k in keys})
 
     return app
 

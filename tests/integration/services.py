@@ -1,19 +1,23 @@
 """Real server processes for the integration tests: started in their own process group on free
 loopback ports, polled until ready (failing at once with the log tail if they exit), stopped with
-SIGTERM and then SIGKILL."""
+SIGTERM and then SIGKILL; and a gateway with its fleet of neuron test doubles."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -86,3 +90,40 @@ def write_config(path: Path, port: int, root: Path, defaults: list[str], **admis
         lines += ["[[default_models]]", f'model_id = "{model_id}"']
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+FAKE_NEURON = Path(__file__).with_name("fake_neuron.py")
+
+
+@dataclass
+class FleetUnderTest:
+    gateway: ServiceProcess
+    metrics_url: str
+    neurons: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def client(self, key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+    def control(self, neuron: str, **changes) -> None:
+        httpx.post(self.neurons[neuron].url + "/_control", json=changes, timeout=5).raise_for_status()
+
+    def stats(self, neuron: str) -> dict:
+        return httpx.get(self.neurons[neuron].url + "/_stats", timeout=5).json()
+
+    def metrics(self) -> dict:
+        return {f.name: f for f in text_string_to_metric_families(httpx.get(self.metrics_url, timeout=5).text)}
+
+
+def catalogue_toml(models: list[dict], aliases: dict[str, str] | None = None) -> str:
+    lines = []
+    for m in models:
+        lines.append("[[models]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in m.items()]
+    if aliases:
+        lines.append("[aliases]")
+        lines += [f"{json.dumps(a)} = {json.dumps(t)}" for a, t in aliases.items()]
+    return "\n".join(lines) + "\n"

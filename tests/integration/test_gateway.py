@@ -9,101 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from integration.services import NeuronProcess, ServiceProcess, free_port, write_config
-from prometheus_client.parser import text_string_to_metric_families
+from integration.services import NeuronProcess, free_port, write_config
 
-FAKE_NEURON = Path(__file__).with_name("fake_neuron.py")
 USER = [{"role": "user", "content": "Hi"}]
-
-
-@dataclass
-class FleetUnderTest:
-    gateway: ServiceProcess
-    metrics_url: str
-    neurons: dict[str, ServiceProcess] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return self.gateway.url
-
-    def client(self, key: str = "unused") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=30)
-
-    def control(self, neuron: str, **changes) -> None:
-        httpx.post(self.neurons[neuron].url + "/_control", json=changes, timeout=5).raise_for_status()
-
-    def stats(self, neuron: str) -> dict:
-        return httpx.get(self.neurons[neuron].url + "/_stats", timeout=5).json()
-
-    def metrics(self) -> dict:
-        return {f.name: f for f in text_string_to_metric_families(httpx.get(self.metrics_url, timeout=5).text)}
-
-
-def catalogue_toml(models: list[dict], aliases: dict[str, str] | None = None) -> str:
-    lines = []
-    for m in models:
-        lines.append("[[models]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in m.items()]
-    if aliases:
-        lines.append("[aliases]")
-        lines += [f"{json.dumps(a)} = {json.dumps(t)}" for a, t in aliases.items()]
-    return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def start_fleet(tmp_path) -> Iterator[Callable[..., FleetUnderTest]]:
-    started: list[ServiceProcess] = []
-
-    def start(
-        neurons: dict[str, dict],
-        *,
-        models: list[dict] | None = None,
-        aliases: dict[str, str] | None = None,
-        extra: str = "",
-        gateway: dict | None = None,
-        poll_secs: float = 0.3,
-        endpoints: dict[str, str] | None = None,
-    ) -> FleetUnderTest:
-        fakes = {}
-        for name, spec in neurons.items():
-            port = free_port()
-            cmd = [sys.executable, str(FAKE_NEURON), "--name", name, "--port", str(port), "--spec", json.dumps(spec)]
-            fakes[name] = ServiceProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"{name}.log", tmp_path)
-            started.append(fakes[name])
-        for fake in fakes.values():
-            fake.wait_http("/discovery", lambda d: True, 30)
-        (tmp_path / "models.toml").write_text(catalogue_toml(models or [], aliases))
-        port, mport = free_port(), free_port()
-        lines = ['models_config = "models.toml"', "[gateway]", f'listen = "127.0.0.1:{port}"']
-        lines += [f'metrics_listen = "127.0.0.1:{mport}"', f"poll_interval_secs = {poll_secs}"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in (gateway or {}).items()]
-        for name, fake in fakes.items():
-            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{fake.url}"']
-        for name, url in (endpoints or {}).items():
-            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']
-        cfg = tmp_path / "cortex.toml"
-        cfg.write_text("\n".join(lines) + "\n" + extra + "\n")
-        gateway = ServiceProcess(
-            [sys.executable, "-m", "cortex.cli", "serve", "--config", str(cfg)],
-            f"http://127.0.0.1:{port}",
-            tmp_path / "cortex.log",
-            tmp_path,
-        )
-        started.append(gateway)
-        want = len(fakes) + len(endpoints or {})
-        gateway.wait_http("/health", lambda h: h["nodes"]["healthy"] == want, 30, what="polling its neurons")
-        return FleetUnderTest(gateway, f"http://127.0.0.1:{mport}/metrics", fakes)
-
-    yield start
-    for proc in reversed(started):
-        proc.stop()
 
 
 def stream_lines(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cortex.config import ConfigError, load_catalogue, load_cortex_config
+from cortex.config import Catalogue, ConfigError, ModelProfile, load_catalogue, load_cortex_config
 
 ETC = Path(__file__).resolve().parents[3] / "etc"
 
@@ -16,8 +16,22 @@ def test_the_example_configs_load():
     assert cfg.gateway.listen == "0.0.0.0:31313" and [n.name for n in cfg.neurons] == ["beast", "benjy"]
     assert cfg.auth is not None and cfg.auth.api_keys
     catalogue = load_catalogue(Path(cfg.models_config), required=True)
-    assert catalogue.aliases["claude-sonnet-4-5"] == "Qwen/Qwen3-8B"
+    assert catalogue.aliases["claude-sonnet-5"] == "Qwen/Qwen3-8B"
     assert catalogue.profile("Qwen/Qwen3-0.6B").min_devices == 0
+    assert cfg.gateway.keepalive_secs == 5
+
+
+def test_aliases_resolve_exact_names_then_ids_then_patterns_in_order():
+    catalogue = Catalogue(
+        models=[ModelProfile(id="big"), ModelProfile(id="small"), ModelProfile(id="claude-local")],
+        aliases={"claude-haiku-*": "small", "claude-*": "big", "claude-opus-9": "small", "gpt-?": "small"},
+    )
+    assert catalogue.resolve("claude-opus-9") == "small"  # an exact alias beats every pattern
+    assert catalogue.resolve("claude-haiku-4-5-20251001") == "small"  # the first matching pattern wins
+    assert catalogue.resolve("claude-sonnet-5") == "big"
+    assert catalogue.resolve("claude-local") == "claude-local"  # a model id is never hijacked by a pattern
+    assert catalogue.resolve("gpt-5") == "small" and catalogue.resolve("gpt-55") == "gpt-55"
+    assert catalogue.resolve("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"
 
 
 def test_legacy_nodes_table_and_env_overrides(tmp_path, caplog):

@@ -1,0 +1,1 @@
+"""The Anthropic Messages dialect: request types and the error envelope."""
