@@ -6,9 +6,11 @@ environment; never a dependency), in one run.
 The stub (aiohttp) answers the neuron contract and serves deterministic completions: a small
 JSON body, or an SSE stream of ``--tokens`` chunks ``--token-ms`` apart. Reported per target:
 non-streaming latency at concurrency 1 (p50 / p99, and what the gateway adds), requests/s at
-concurrency 64, and time to first token with 256 concurrent streams, with error counts.
+concurrency 64, and time to first token with 256 concurrent streams, with error counts. A second
+table times translated streams (Anthropic ``/v1/messages``, OpenAI ``/v1/responses``) against the
+stub's own chat stream at 64 concurrent streams: what translation adds to the first token.
 
-    python bench/gateway.py [--requests 2000] [--seconds 5] [--streams 256] [--no-litellm]
+    python bench/gateway.py [--requests 2000] [--seconds 5] [--streams 256] [--rounds 5] [--no-litellm]
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def run_stub(port: int, tokens: int, token_ms: float) -> None:
 
     first, token, last = chunk({"role": "assistant", "content": ""}), chunk({"content": "ok "}), chunk({}, "stop", True)
 
+    def with_usage(data: bytes, done: int) -> bytes:  # vLLM's continuous_usage_stats, as a neuron does
+        obj = json.loads(data[6:])
+        obj["usage"] = {"prompt_tokens": 8, "completion_tokens": done, "total_tokens": 8 + done}
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    continuous = [with_usage(first, 0)] + [with_usage(token, i + 1) for i in range(tokens)]
+
     async def discovery(request):
         return web.json_response(
             {
@@ -110,11 +119,12 @@ def run_stub(port: int, tokens: int, token_ms: float) -> None:
             return web.Response(body=answer, content_type="application/json")
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(first)
-        for _ in range(tokens):
+        usage_always = (body.get("stream_options") or {}).get("continuous_usage_stats")
+        await resp.write(continuous[0] if usage_always else first)
+        for i in range(tokens):
             if token_ms:
                 await asyncio.sleep(token_ms / 1000)
-            await resp.write(token)
+            await resp.write(continuous[i + 1] if usage_always else token)
         await resp.write(last + b"data: [DONE]\n\n")
         return resp
 
@@ -205,10 +215,22 @@ async def throughput(url: str, concurrency: int, seconds: float, headers: dict) 
         return done / (time.perf_counter() - t0), errors
 
 
-async def stream_ttfts(url: str, streams: int, headers: dict) -> tuple[list[float], int]:
+CHAT_STREAM = ("/v1/chat/completions", {**BODY, "stream": True}, b'"content":"ok')
+TRANSLATED = {
+    "Anthropic /v1/messages": ("/v1/messages", {**BODY, "stream": True}, b'"text_delta"'),
+    "Responses /v1/responses": (
+        "/v1/responses",
+        {"model": MODEL, "input": "Say something.", "max_output_tokens": 16, "stream": True},
+        b'"response.output_text.delta"',
+    ),
+}
+
+
+async def stream_ttfts(url: str, streams: int, headers: dict, kind=CHAT_STREAM) -> tuple[list[float], int]:
+    """Time to the first token of ``streams`` concurrent streams; each is read to its end."""
+    path, body, marker = kind
     ttfts: list[float] = []
     errors = 0
-    body = {**BODY, "stream": True}
     conn = aiohttp.TCPConnector(limit=streams)
     async with aiohttp.ClientSession(connector=conn, headers=headers, timeout=aiohttp.ClientTimeout(total=120)) as s:
 
@@ -217,15 +239,15 @@ async def stream_ttfts(url: str, streams: int, headers: dict) -> tuple[list[floa
             t0 = time.perf_counter()
             first = None
             try:
-                async with s.post(url + "/v1/chat/completions", json=body) as r:
+                async with s.post(url + path, json=body) as r:
                     if r.status != 200:
                         errors += 1
                         return
                     async for line in r.content:
-                        if first is None and line.startswith(b"data: {") and b'"content":"ok' in line:
+                        if first is None and marker in line:
                             first = time.perf_counter() - t0
-                        if line.startswith(b"data: [DONE]"):
-                            break
+                        if line.startswith((b"event: error", b'data: {"error"')):
+                            errors += 1
                 if first is None:
                     errors += 1
                 else:
@@ -238,6 +260,8 @@ async def stream_ttfts(url: str, streams: int, headers: dict) -> tuple[list[floa
 
 
 def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
@@ -259,6 +283,31 @@ async def measure(name: str, url: str, args, headers: dict | None = None) -> dic
         "ttft99": pct(ttfts, 0.99) if ttfts else float("nan"),
         "stream_errors": stream_errors,
     }
+
+
+async def measure_translated(stub_url: str, gw_url: str, litellm: tuple[str, dict] | None, args) -> list[dict]:
+    """TTFT at ``args.translated_streams`` concurrent streams: the stub's chat stream, cortex
+    passing it through, cortex translating it (and LiteLLM's ``/v1/messages`` when it runs);
+    rounds interleave so drift hits all alike."""
+    kinds = [("stub chat (direct)", stub_url, CHAT_STREAM, {}), ("cortex chat (pass-through)", gw_url, CHAT_STREAM, {})]
+    kinds += [(f"cortex {name}", gw_url, kind, {}) for name, kind in TRANSLATED.items()]
+    if litellm is not None:
+        name = "Anthropic /v1/messages"
+        kinds.append((f"LiteLLM proxy {name}", litellm[0], TRANSLATED[name], litellm[1]))
+    for _, url, kind, headers in kinds:  # warm up every path
+        await stream_ttfts(url, 8, headers, kind)
+    ttfts: dict[str, list[float]] = {name: [] for name, _, _, _ in kinds}
+    errors = dict.fromkeys(ttfts, 0)
+    for _ in range(args.rounds):
+        for name, url, kind, headers in kinds:
+            got, bad = await stream_ttfts(url, args.translated_streams, headers, kind)
+            ttfts[name] += got
+            errors[name] += bad
+    print("  measured translated streams", file=sys.stderr, flush=True)
+    return [
+        {"name": n, "ttft50": pct(t, 0.5), "ttft99": pct(t, 0.99), "errors": errors[n], "n": len(t)}
+        for n, t in ttfts.items()
+    ]
 
 
 async def main_async(args) -> None:
@@ -300,7 +349,7 @@ async def main_async(args) -> None:
             else:
                 ll_port = free_port()
                 (work / "litellm.yaml").write_text(
-                    f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+                    f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: hosted_vllm/{MODEL}\n"
                     f"      api_base: {stub_url}/v1\n      api_key: none\n"
                 )
                 env = {"LITELLM_MASTER_KEY": "sk-bench", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -325,6 +374,8 @@ async def main_async(args) -> None:
                 await wait_ready(ll_url, procs[-1], work / "litellm.log", 180, auth)
                 targets.append(("LiteLLM proxy", ll_url, auth))
         rows = [await measure(name, url, args, headers) for name, url, headers in targets]
+        ll_target = next(((url, h) for name, url, h in targets if name == "LiteLLM proxy"), None)
+        translated = await measure_translated(stub_url, gw_url, ll_target, args)
     finally:
         for p in procs:
             try:
@@ -359,6 +410,24 @@ async def main_async(args) -> None:
         if "LiteLLM proxy" in by:
             print(f"; {c['rps'] / by['LiteLLM proxy']['rps']:.0f}x LiteLLM (bar: >= 20x)", end="")
         print(f"\n- errors with {args.streams} streams through cortex: {c['stream_errors']} (bar: 0)")
+    direct = translated[0]
+    print(f"\n## translated streams: {args.translated_streams} concurrent, {args.rounds} rounds\n")
+    print("| path | streams | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for r in translated:
+        print(
+            f"| {r['name']} | {r['n']} | {r['ttft50'] * 1e3:.2f} | {r['ttft99'] * 1e3:.2f} | "
+            f"{(r['ttft50'] - direct['ttft50']) * 1e3:.2f} | {r['errors']} |"
+        )
+    passing = translated[1]
+    worst = max(
+        (r for r in translated if r["name"].startswith("cortex ") and "/v1/" in r["name"]), key=lambda r: r["ttft50"]
+    )
+    print(
+        f"\n- what translation adds to cortex's pass-through TTFT p50 (worst dialect, {worst['name']}): "
+        f"{(worst['ttft50'] - passing['ttft50']) * 1e3:.2f} ms (bar: <= 3 ms); "
+        f"the hop itself adds {(passing['ttft50'] - direct['ttft50']) * 1e3:.2f} ms at this burst"
+    )
 
 
 def main() -> None:
@@ -368,6 +437,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--token-ms", type=float, default=10.0)
+    ap.add_argument("--translated-streams", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the translated-stream table")
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--stub", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()

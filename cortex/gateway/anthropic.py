@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("anthropic")
 
 
-async def _count_quietly(ctx: GatewayContext, model: str, body: bytes) -> int | None:
-    """For opening a stream early: a count, or None when no neuron can give one yet."""
+async def _count_quietly(ctx: GatewayContext, model: str, body: dict) -> int | None:
+    """For opening a stream early (during a cold load): a count, or None when no neuron can give
+    one yet."""
     try:
-        return await ctx.scheduler.count_tokens(model, body)
+        return await ctx.scheduler.count_tokens(model, msgspec.json.encode(body))
     except ApiError as exc:
         log.debug("no early token count for %s: %s", model, exc.message)
         return None
@@ -52,8 +53,7 @@ async def messages(request: Request):
     translation = Translation(whole=whole)
     if req.stream:
         translation.stream = translate.MessagesStream(req.model, message_id)
-        count_body = msgspec.json.encode(translate.tokenize_request(req, model))
-        translation.count = lambda: _count_quietly(ctx, model, count_body)
+        translation.count = lambda: _count_quietly(ctx, model, translate.tokenize_request(req, model))
     relay = Relay(request, ctx, "messages", "/v1/chat/completions", translation)
     return await relay.run(body, RoutedBody(model=req.model, stream=req.stream))
 

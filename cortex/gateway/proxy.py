@@ -173,6 +173,8 @@ class Relay:
         self.node = ""
         self.status = 0
         self.stream_response: Any = None  # sanic response once the stream is open
+        self._sending = False  # a translated event is being written
+        self._sent_at = 0.0  # when the last one was
 
     async def run(self, body: bytes, parsed: RoutedBody) -> HTTPResponse | None:
         """Routes and forwards ``body``. For a translated request, ``body`` already names the
@@ -392,8 +394,8 @@ class Relay:
     async def _stream_translated(
         self, up: aiohttp.ClientResponse, model: str, node: str, extra: dict[str, str]
     ) -> None:
-        """Upstream chat chunks → the client's dialect, event by event; the dialect's keep-alive
-        goes out whenever the upstream is silent for ``keepalive_secs`` (queue, long prefill)."""
+        """Upstream chat chunks → the client's dialect, event by event; while the upstream is
+        silent (queue, long prefill) the dialect's keep-alive goes out every ``keepalive_secs``."""
         assert self.translation is not None and self.translation.stream is not None
         tr = self.translation.stream
         metrics = self.ctx.metrics
@@ -403,20 +405,10 @@ class Relay:
         reader = EventReader()
         tail: deque[bytes] = deque(maxlen=4)
         first = last = None
-        content = up.content
-        keepalive = self.ctx.config.gateway.keepalive_secs
+        self._sending, self._sent_at = False, time.monotonic()
+        pinger = asyncio.get_running_loop().create_task(self._keep_alive(tr))
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(keepalive) as quiet:
-                        chunk = await content.readany()
-                except TimeoutError:
-                    if quiet.expired():  # our keep-alive timer, not the stall timeout
-                        await resp.send(tr.keepalive())
-                        continue
-                    raise
-                if not chunk:
-                    break
+            async for chunk in up.content.iter_any():
                 if first is None and _has_token(chunk):
                     first = time.monotonic()
                     metrics.ttft.labels(model, node).observe(first - self.started)
@@ -431,11 +423,11 @@ class Relay:
                         raise upstream_error(parsed.error)
                     out += tr.feed(parsed)
                 if out:
-                    await resp.send(out)
+                    await self._send_event(resp, out)
             for payload in reader.close():
                 parsed = decode_chunk(payload)
                 if parsed is not None:
-                    await resp.send(tr.feed(parsed))
+                    await self._send_event(resp, tr.feed(parsed))
             final = tr.finish()
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             final = tr.fail(self._broken(exc, node, model))
@@ -445,7 +437,28 @@ class Relay:
         except ApiError as err:
             self.status = err.status
             final = tr.fail(err)
+        finally:
+            pinger.cancel()
         await self._send(final)
         await resp.eof()
         self._account_stream(model, node, tail, first, last)
         return None
+
+    async def _send_event(self, resp: Any, data: bytes) -> None:
+        self._sending = True
+        try:
+            await resp.send(data)
+        finally:
+            self._sending, self._sent_at = False, time.monotonic()
+
+    async def _keep_alive(self, tr: StreamTranslator) -> None:
+        """Sends the dialect's keep-alive when nothing went out for ``keepalive_secs``; never in
+        the middle of a send, so it cannot overtake the event (``message_start``) being written."""
+        every = self.ctx.config.gateway.keepalive_secs
+        while True:
+            await asyncio.sleep(max(0.0, self._sent_at + every - time.monotonic()))
+            if not self._sending and time.monotonic() - self._sent_at >= every:
+                try:
+                    await self._send_event(self.stream_response, tr.keepalive())
+                except Exception:  # the client is gone; the relay notices on its next send
+                    return

@@ -236,6 +236,17 @@ def test_a_cold_load_opens_the_message_at_once_and_pings_while_it_loads(fleet):
     assert max(t for t, n in seen if n == "ping") < min(t for t, n in seen if n == "content_block_start")
 
 
+def test_a_silent_upstream_gets_pings_between_deltas(fleet):
+    fleet.control("a", stall_secs=1.0)  # a long prefill, or a queue, after the first token
+    body = {"model": MODEL, "max_tokens": 16, "messages": HI, "stream": True}
+    with httpx.Client(timeout=30) as c, c.stream("POST", fleet.url + "/v1/messages", json=body) as r:
+        names = [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+    deltas = [i for i, n in enumerate(names) if n == "content_block_delta"]
+    pings = [i for i, n in enumerate(names) if n == "ping"]
+    assert len(pings) >= 3 and deltas[0] < pings[0] < pings[-1] < deltas[1]
+    assert names[-1] == "message_stop"
+
+
 def test_models_list_answers_anthropic_clients_in_their_shape(fleet):
     with claude(fleet) as client:
         ids = [m.id for m in client.models.list()]
@@ -363,4 +374,5 @@ def test_end_to_end_through_a_real_neuron(real_fleet, running_neuron):
     with oai(real_fleet) as client:
         out = client.responses.create(model="test/plain", input="Hi")
         assert out.output_text == "Hello there! How can I help?"
-        assert client.responses.input_tokens.count(model="test/plain", input="Hi").input_tokens == out.usage.input_tokens
+        counted = client.responses.input_tokens.count(model="test/plain", input="Hi")
+        assert counted.input_tokens == out.usage.input_tokens
