@@ -266,9 +266,10 @@ def test_api_keys_apply_in_the_anthropic_dialect(start_fleet):
 
 def test_a_fleet_that_cannot_serve_now_is_overloaded_with_retry_after(start_fleet):
     fleet = start_fleet({"a": {"load_fail": {MODEL: 507}}}, models=[{"id": MODEL, "min_devices": 0}])
-    r = httpx.post(fleet.url + "/v1/messages", json={"model": MODEL, "max_tokens": 5, "messages": HI}, timeout=10)
-    assert r.status_code == 503 and r.headers["retry-after"] == "5"
-    assert r.json()["error"]["type"] == "overloaded_error"
+    with claude(fleet) as client, pytest.raises(anthropic.ServiceUnavailableError) as info:
+        client.messages.create(model=MODEL, max_tokens=5, messages=HI)
+    assert info.value.response.headers["retry-after"] == "5"
+    assert info.value.body["error"]["type"] == "overloaded_error" and "org/local" in info.value.body["error"]["message"]
 
 
 # --- OpenAI Responses through the test double -----------------------------------------------
