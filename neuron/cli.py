@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from cortex.protocol.fleet import ModelSpec
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from neuron.config import ConfigError, load_neuron_config
+    from neuron.config import ConfigError, load_neuron_config, restore_models
 
     try:
         config = load_neuron_config(Path(args.config) if args.config else None)
+        restore = restore_models()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -24,14 +30,36 @@ def _serve(args: argparse.Namespace) -> int:
         config = msgspec.structs.replace(config, port=args.port)
     from neuron.api.app import create_app
 
-    app = create_app(config)
+    app = create_app(config, restore_models=restore)
     logging.getLogger(__name__).info("neuron listening on %s:%d", config.host, config.port)
     try:
         app.run(host=config.host, port=config.port, single_process=True, access_log=False, motd=False)
     except OSError as exc:
         print(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return RUNTIME_ERROR
+    if app.ctx.restart_models is not None:
+        return _reexec(app.ctx.restart_models)
     return 0
+
+
+def _reexec(models: list[ModelSpec]) -> int:
+    """The end of ``POST /admin/restart``, once the server has stopped and every model is
+    unloaded: replaces this process with a fresh copy of itself (same PID, same command line,
+    whether started as ``neuron`` or ``python -m neuron.cli``), whose environment names the
+    models to load again. A fresh process is the point: it gives back the memory that load and
+    unload cycles left fragmented."""
+    from neuron.config import restart_environ
+
+    env = restart_environ(models)
+    logging.getLogger(__name__).info("re-executing in place (pid %d) to load %d models again", os.getpid(), len(models))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError as exc:
+        print(f"error: cannot re-execute {sys.executable}: {exc.strerror or exc}", file=sys.stderr)
+    return RUNTIME_ERROR
 
 
 def _discover(args: argparse.Namespace) -> int:

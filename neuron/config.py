@@ -2,7 +2,8 @@
 
 Environment overrides: ``NEURON_KEY`` / ``NEURON_SECTION__KEY`` (e.g. ``NEURON_PORT=14000``,
 ``NEURON_ADMISSION__MAX_IN_FLIGHT=2``). This is the only module of the neuron that reads the
-environment (the HF cache fallbacks included).
+environment (the HF cache fallbacks included), and so it also carries the models a restart hands
+to the process it re-executes (``NEURON_RESTORE_MODELS``, which is not a config key).
 """
 
 from __future__ import annotations
@@ -15,10 +16,19 @@ import msgspec
 from cortex.protocol.fleet import ModelSpec
 from cortex.protocol.settings import ConfigError, load_config, resolve_path
 
-__all__ = ["AdmissionSection", "ConfigError", "NeuronConfig", "load_neuron_config"]
+__all__ = [
+    "RESTORE_MODELS_ENV",
+    "AdmissionSection",
+    "ConfigError",
+    "NeuronConfig",
+    "load_neuron_config",
+    "restart_environ",
+    "restore_models",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_DTYPES = ("auto", "float32", "bfloat16")
+RESTORE_MODELS_ENV = "NEURON_RESTORE_MODELS"  # a JSON list of load specs, set by a restart for its new process
 
 
 class AdmissionSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -45,6 +55,7 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     device: str = "auto"
     cpu_dtype: str = "auto"  # beyond the contract: float32 | bfloat16 | auto (bfloat16 where the CPU has it)
     prefill_chunk_tokens: int = 512
+    cpu_memory_mb: int | None = None  # beyond the contract: cap on host memory for CPU-resident models
     admission: AdmissionSection = AdmissionSection()
     default_models: list[ModelSpec] = []
 
@@ -57,6 +68,8 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
             raise ValueError(f"cpu_dtype: expected one of {', '.join(CPU_DTYPES)}, got {self.cpu_dtype!r}")
         if self.prefill_chunk_tokens < 16:
             raise ValueError(f"prefill_chunk_tokens: expected an integer >= 16, got {self.prefill_chunk_tokens}")
+        if self.cpu_memory_mb is not None and self.cpu_memory_mb <= 0:
+            raise ValueError(f"cpu_memory_mb: expected an integer > 0, got {self.cpu_memory_mb}")
         if self.advertise_url is not None and not self.advertise_url.startswith(("http://", "https://")):
             raise ValueError(f"advertise_url: expected an http:// or https:// URL, got {self.advertise_url!r}")
 
@@ -72,8 +85,33 @@ def _default_hf_cache(env: dict[str, str]) -> str:
 def load_neuron_config(path: Path | None, env: dict[str, str] | None = None) -> NeuronConfig:
     """Loads and checks the config; relative paths become absolute from the file's directory."""
     env = dict(os.environ) if env is None else env
-    cfg = load_config(path, NeuronConfig, env=env, env_prefix="NEURON_")
+    overrides = {k: v for k, v in env.items() if k != RESTORE_MODELS_ENV}
+    cfg = load_config(path, NeuronConfig, env=overrides, env_prefix="NEURON_")
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     roots = [str(resolve_path(base, r)) for r in cfg.model_roots]
     hf_cache = str(resolve_path(base, cfg.hf_cache)) if cfg.hf_cache else _default_hf_cache(env)
     return msgspec.structs.replace(cfg, model_roots=roots, hf_cache=hf_cache)
+
+
+def restore_models(env: dict[str, str] | None = None) -> list[ModelSpec]:
+    """The models a restart asked this process to load again (``NEURON_RESTORE_MODELS``); none
+    when the process was not started by a restart."""
+    env = dict(os.environ) if env is None else env
+    text = env.get(RESTORE_MODELS_ENV, "").strip()
+    if not text:
+        return []
+    try:
+        return msgspec.json.decode(text, type=list[ModelSpec])
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"{RESTORE_MODELS_ENV} (environment): expected a JSON list of load specs: {exc}") from None
+
+
+def restart_environ(models: list[ModelSpec]) -> dict[str, str]:
+    """This process's environment as the re-executed process gets it: the same, with
+    ``NEURON_RESTORE_MODELS`` naming ``models`` (and absent when there are none)."""
+    env = {k: v for k, v in os.environ.items() if k != RESTORE_MODELS_ENV}
+    if models:
+        keep = ("model_id", "harness", "quant", "tensor_parallel", "devices")
+        specs = [{k: getattr(m, k) for k in keep if getattr(m, k) is not None} for m in models]
+        env[RESTORE_MODELS_ENV] = msgspec.json.encode(specs).decode()
+    return env

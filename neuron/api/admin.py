@@ -1,24 +1,30 @@
 """The neuron's control routes (contracts §3): discovery, health, model lifecycle, endpoint,
-tokenize, metrics and version."""
+footprint, tokenize, metrics and version; and the in-place restart the gateway asks of an idle
+neuron after many load/unload cycles (``POST /admin/restart``)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from urllib.parse import unquote
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sanic import Blueprint, Request, response
+from sanic import Blueprint, Request, Sanic, response
 
 from cortex.protocol.errors import ApiError, invalid
 from cortex.protocol.fleet import Health, ModelSpec, UnloadRequest
 from cortex.protocol.openai.requests import ChatCompletionRequest, ChatMessage, Tool
-from neuron import __version__, hardware, ops
-from neuron.api.context import context_of
+from neuron import __version__, ops
+from neuron.api.context import NeuronContext, context_of
 from neuron.api.inference import chat_prompt
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("admin")
+DRAIN_TIMEOUT_SECS = 300.0
 
 
 def _json(obj, status: int = 200):
@@ -48,7 +54,7 @@ async def health(request: Request):
         Health(
             uptime_secs=round(time.monotonic() - ctx.started, 3),
             devices=ctx.device_health,
-            memory_free_mb=hardware.memory_free_mb(),
+            memory_free_mb=ctx.residency.memory_free_mb(),
             models=ctx.residency.health(),
         )
     )
@@ -63,6 +69,7 @@ async def models(request: Request):
 async def load(request: Request):
     ctx = context_of(request)
     spec = _decode(request, ModelSpec)
+    ctx.intake.check_open()  # a model loaded now would be gone after the restart
     entry = await ctx.residency.load(spec)
     if not spec.wait:
         return _json({"status": entry.status}, status=200 if entry.status == "loaded" else 202)
@@ -80,15 +87,66 @@ async def unload(request: Request):
 
 
 @bp.get("/models/<rest:path>")
-async def model_endpoint(request: Request, rest: str):
+async def model_route(request: Request, rest: str):
+    """``/models/{id}/endpoint`` and ``/models/{id}/footprint``: one route, since an id may hold a
+    ``/`` (escaped or not)."""
     rest = unquote(rest)
-    if not rest.endswith("/endpoint"):
-        raise ApiError("not_found", f"no route GET /models/{rest}")
-    model_id = rest[: -len("/endpoint")]
+    model_id, _, leaf = rest.rpartition("/")
     ctx = context_of(request)
-    ctx.residency.get(model_id)
-    url = ctx.config.advertise_url or f"{request.scheme}://{request.host}"
-    return _json({"url": url.rstrip("/")})
+    if leaf == "endpoint" and model_id:
+        ctx.residency.get(model_id)
+        url = ctx.config.advertise_url or f"{request.scheme}://{request.host}"
+        return _json({"url": url.rstrip("/")})
+    if leaf == "footprint" and model_id:
+        cpu_bytes, gpu_bytes = await asyncio.to_thread(ctx.residency.footprint, model_id)
+        return _json({"model_id": model_id, "cpu_mb": _ceil_mb(cpu_bytes), "gpu_mb": _ceil_mb(gpu_bytes)})
+    raise ApiError("not_found", f"no route GET /models/{rest}")
+
+
+def _ceil_mb(n_bytes: int) -> int:
+    return -(-n_bytes // 2**20)
+
+
+class RestartRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    drain_timeout_secs: float = DRAIN_TIMEOUT_SECS
+
+
+@bp.post("/admin/restart")
+async def restart(request: Request):
+    """Answers 202 at once; then, in the background, the restart: new inference requests get
+    503, the ones running finish (or are cancelled past ``drain_timeout_secs``), every model is
+    unloaded and the server stops, and the CLI re-executes the process (same PID), which loads
+    the same models again on the same devices."""
+    ctx = context_of(request)
+    req = _decode(request, RestartRequest) if request.body else RestartRequest()
+    if not (math.isfinite(req.drain_timeout_secs) and req.drain_timeout_secs >= 0):
+        raise invalid(
+            f"drain_timeout_secs: expected a number >= 0, got {req.drain_timeout_secs:g}", param="drain_timeout_secs"
+        )
+    if ctx.restart is not None:
+        raise ApiError("conflict", "a restart of this neuron is already under way", code="neuron_restarting")
+    models = [spec.model_id for spec in ctx.residency.resident_specs()]
+    ctx.intake.close()
+    ctx.restart = asyncio.get_running_loop().create_task(
+        _restart(request.app, ctx, req.drain_timeout_secs), name="restart"
+    )
+    log.info("restart asked: %d requests to drain, models resident: %s", ctx.intake.inside, ", ".join(models) or "none")
+    return _json({"status": "restarting", "models": models}, status=202)
+
+
+async def _restart(app: Sanic, ctx: NeuronContext, drain_timeout_secs: float) -> None:
+    models: list[ModelSpec] = []
+    try:
+        cancelled = await ctx.intake.drain(drain_timeout_secs)
+        if cancelled:
+            log.warning("restart: cancelled %d requests still running after %g s", cancelled, drain_timeout_secs)
+        models = ctx.residency.resident_specs()  # those resident now: an unload during the drain stays done
+        await ctx.residency.unload_all()
+    except Exception:  # the new process starts clean whatever went wrong here
+        log.exception("restart: draining or unloading failed; restarting anyway")
+    ctx.restart_models = models
+    log.info("restart: models unloaded; stopping the server to re-execute")
+    app.stop()
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):

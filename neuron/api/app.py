@@ -12,6 +12,7 @@ from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 
 from cortex.protocol.errors import ApiError
+from cortex.protocol.fleet import ModelSpec
 from cortex.protocol.openai import errors as openai_errors
 from neuron import __version__, hardware
 from neuron.api import admin, inference
@@ -48,8 +49,18 @@ async def _refresh_health(ctx: NeuronContext) -> None:
 
 
 async def _load_defaults(ctx: NeuronContext) -> None:
-    ready = []
-    for spec in ctx.config.default_models:
+    """Loads, one after the other, the models a restart handed over (on the devices they were on)
+    and then the configured ``default_models`` not among them."""
+    if ctx.restore_models:
+        restored = ", ".join(m.model_id for m in ctx.restore_models)
+        log.info("loading again the models resident before the restart: %s", restored)
+    ready, seen = [], set()
+    for spec in [*ctx.restore_models, *ctx.config.default_models]:
+        if spec.model_id in seen:
+            continue
+        seen.add(spec.model_id)
+        if not ctx.intake.is_open:  # a restart began: what is not loaded yet, the next process loads
+            return
         try:
             entry = await ctx.residency.load(spec)
             await ctx.residency.wait_loaded(entry)
@@ -68,13 +79,16 @@ async def _load_defaults(ctx: NeuronContext) -> None:
         )
 
 
-def create_app(config: NeuronConfig, *, name: str = "neuron") -> Sanic:
+def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: list[ModelSpec] | None = None) -> Sanic:
+    """The neuron's app; ``restore_models`` are the models a restart handed over (loaded at start,
+    before ``default_models``)."""
     residency = Residency(config)
     ctx = NeuronContext(
         config=config,
         residency=residency,
         discovery=hardware.discover(__version__, list(HARNESSES)),
         metrics=NeuronMetrics(residency),
+        restore_models=list(restore_models or []),
     )
     app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False)
     app.config.update(
@@ -116,9 +130,10 @@ def create_app(config: NeuronConfig, *, name: str = "neuron") -> Sanic:
 
     @app.before_server_stop
     async def stop_tasks(app: Sanic) -> None:
-        for task in tasks:
+        running = [*tasks, app.ctx.restart] if app.ctx.restart is not None else tasks
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
     @app.after_server_stop
     async def unload_all(app: Sanic) -> None:

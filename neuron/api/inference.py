@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +139,23 @@ def _tool_call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     return out
 
 
+def _through_intake(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Any]]:
+    """Runs an inference handler inside the neuron's intake: refused with 503 while the neuron
+    restarts, and counted until the handler returns (a streamed response's last byte included),
+    so a restart waits for it."""
+
+    @functools.wraps(handler)
+    async def run(request: Request):
+        intake = context_of(request).intake
+        intake.enter()
+        try:
+            return await handler(request)
+        finally:
+            intake.leave()
+
+    return run
+
+
 async def _admitted(request: Request, lm: LoadedModel, endpoint: str):
     ctx = context_of(request)
     await lm.admission.acquire()
@@ -147,6 +166,7 @@ async def _admitted(request: Request, lm: LoadedModel, endpoint: str):
 
 
 @bp.post("/v1/chat/completions")
+@_through_intake
 async def chat_completions(request: Request):
     ctx = context_of(request)
     req: ChatCompletionRequest = decode_request(request.body, ChatCompletionRequest)
@@ -276,6 +296,7 @@ async def _stream_chat(emit, lm, gen, env: _Envelope) -> None:
 
 
 @bp.post("/v1/completions")
+@_through_intake
 async def completions(request: Request):
     ctx = context_of(request)
     req: CompletionRequest = decode_request(request.body, CompletionRequest)

@@ -132,6 +132,12 @@ def _special_eos(tokenizer: Tokenizer, model_dir: Path) -> set[int]:
     return ids
 
 
+def weight_bytes(ckpt: Checkpoint, dtype: torch.dtype) -> int:
+    """Memory the checkpoint's tensors take as ``dtype``, counted from the file headers (as a
+    footprint counts them): what a load needs free before it starts."""
+    return ckpt.numel() * dtype.itemsize
+
+
 def _param_bytes(net: torch.nn.Module) -> int:
     seen, total = set(), 0
     for t in [*net.parameters(), *net.buffers()]:
@@ -210,7 +216,7 @@ def load_model(
     tokenizer = load_tokenizer(model_id, model_dir)
     ckpt = Checkpoint(model_dir)
     try:
-        need = sum(_numel(ckpt.shape(n)) for n in ckpt.names()) * torch.tensor([], dtype=dtype).element_size()
+        need = weight_bytes(ckpt, dtype)
         free = free_bytes()
         if need > free:
             raise ApiError(
@@ -248,10 +254,3 @@ def load_model(
     loaded.throughput = Throughput()
     loaded.load_secs = time.perf_counter() - t0
     return loaded
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

@@ -1,5 +1,6 @@
 """The models this neuron holds: loading (idempotent, joinable, in the background or waited
-for), listing with measured memory, and unloading once in-flight requests have finished."""
+for), listing with measured memory, and unloading once in-flight requests have finished; and what
+a model would take if loaded (its footprint), read from the checkpoint headers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import torch
 
 from cortex.protocol.errors import ApiError, invalid
@@ -22,12 +24,14 @@ from neuron.engine.admission import Admission
 from neuron.engine.loaded import LoadedModel, load_model
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.resolve import check_model_id, resolve_model_dir
+from neuron.loading.safetensors import Checkpoint
 
 log = logging.getLogger(__name__)
 
 HARNESSES = ("torch",)
 TEXT_SIDES_KEPT = 8
 HARNESS_ALIASES = ("torch", "candle")  # the earlier engine's name is accepted as the same engine
+GPU_FOOTPRINT_DTYPE = torch.bfloat16
 
 
 @dataclass
@@ -98,7 +102,26 @@ class Residency:
     def _free_bytes(self, device: torch.device):
         if device.type == "cuda":
             return lambda: torch.cuda.mem_get_info(device)[0]
-        return lambda: hardware.memory_free_mb() << 20
+        return self.cpu_free_bytes
+
+    def cpu_free_bytes(self) -> int:
+        """Host memory a CPU load may still take: what the host has available now and, with
+        ``cpu_memory_mb``, at most that cap less what the CPU-resident models hold, never below 0.
+        Runs on the CPU worker thread too (a load's fit check), so it only reads."""
+        free = hardware.memory_free_mb() << 20
+        cap = self.config.cpu_memory_mb
+        if cap is None:
+            return free
+        held = sum(
+            e.loaded.memory_bytes
+            for e in list(self.entries.values())
+            if e.loaded is not None and e.loaded.device.type == "cpu"
+        )
+        return max(0, min(free, (cap << 20) - held))
+
+    def memory_free_mb(self) -> int:
+        """``/health``'s ``memory_free_mb``: the same figure a CPU load's fit check uses."""
+        return self.cpu_free_bytes() >> 20
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -144,16 +167,21 @@ class Residency:
             def progress(fraction: float) -> None:
                 entry.progress = fraction
 
-            entry.loaded = await worker.run(
-                load_model,
-                model_id,
-                model_dir,
-                worker,
-                self._dtype_for(device),
-                admission,
-                free_bytes=self._free_bytes(device),
-                progress=progress,
-            )
+            def load_on_worker() -> LoadedModel:
+                # The entry holds the model before the worker's next job starts, so a load queued
+                # behind this one on the same device counts it (cpu_memory_mb).
+                entry.loaded = load_model(
+                    model_id,
+                    model_dir,
+                    worker,
+                    self._dtype_for(device),
+                    admission,
+                    free_bytes=self._free_bytes(device),
+                    progress=progress,
+                )
+                return entry.loaded
+
+            await worker.run(load_on_worker)
             entry.status, entry.progress = "loaded", 1.0
             self.load_seconds.append(time.monotonic() - started)
             log.info(
@@ -193,6 +221,12 @@ class Residency:
         self.entries.pop(model_id, None)
         log.info("unloaded %s", model_id)
 
+    async def unload_all(self) -> None:
+        """Unloads every model (a loading one once its load ends), each after its requests."""
+        for model_id in list(self.entries):
+            with contextlib.suppress(ApiError):
+                await self.unload(model_id)
+
     def get(self, model_id: str) -> LoadedModel:
         """The loaded model for a request; 404 when unknown, 503 while it loads or unloads."""
         entry = self.entries.get(model_id)
@@ -226,7 +260,40 @@ class Residency:
         self._text.move_to_end(model_id)
         return side
 
+    def footprint(self, model_id: str) -> tuple[int, int]:
+        """Bytes the weights of ``model_id`` would take on this neuron's CPU (in the dtype a CPU
+        load would use) and on a GPU (bf16), from the safetensors headers alone: counted as a load
+        counts them, from local files only (never a download), no tensor read. Blocking: call it
+        off the event loop."""
+        try:
+            model_dir = resolve_model_dir(
+                model_id, roots=self.config.model_roots, hf_cache=self.config.hf_cache or "", allow_download=False
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            raise ApiError(
+                "not_found",
+                f"model {model_id!r} is not on this neuron (model_roots or the HF cache); a footprint never downloads",
+                param="model_id",
+            ) from None
+        ckpt = Checkpoint(model_dir)
+        try:
+            elements = ckpt.numel()
+        finally:
+            ckpt.close()
+        return elements * self._dtype_for(torch.device("cpu")).itemsize, elements * GPU_FOOTPRINT_DTYPE.itemsize
+
     # --- reporting ------------------------------------------------------------------------
+
+    def resident_specs(self) -> list[ModelSpec]:
+        """Load specs of the models resident now (loaded or loading), pinned to the devices they
+        are on: what a restart loads again."""
+        return [
+            msgspec.structs.replace(e.spec, devices=list(e.devices))
+            for e in self.entries.values()
+            if e.status in ("loading", "loaded")
+        ]
 
     def infos(self) -> list[ModelInfo]:
         out = []
@@ -260,9 +327,7 @@ class Residency:
         return out
 
     async def close(self) -> None:
-        for model_id in list(self.entries):
-            with contextlib.suppress(ApiError):
-                await self.unload(model_id)
+        await self.unload_all()
         for worker in self.workers.values():
             worker.close()
 

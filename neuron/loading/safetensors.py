@@ -4,13 +4,38 @@ so loading never holds more than one source tensor beside the model being filled
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from cortex.protocol.errors import ApiError
+
+MAX_HEADER_BYTES = 100 * 2**20  # the format's own bound
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of one safetensors file (tensor name -> dtype, shape, data offsets), read
+    without touching the tensor data that follows it."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                raise ValueError(f"header size {size} is out of range")
+            header = json.loads(f.read(size))
+    except FileNotFoundError:
+        raise ApiError("not_found", f"checkpoint file {path.name} is missing") from None
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(
+            "conflict", f"checkpoint file {path.name} is not a readable safetensors file: {exc}", code="bad_checkpoint"
+        ) from None
+    if not isinstance(header, dict):
+        raise ApiError("conflict", f"checkpoint file {path.name} has no tensor table", code="bad_checkpoint")
+    header.pop("__metadata__", None)
+    return header
 
 
 class Checkpoint:
@@ -48,6 +73,22 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         return self._handle(name).get_tensor(name)
+
+    def numel(self) -> int:
+        """Elements in all the checkpoint's tensors, from the file headers alone: what sizes a
+        load before it starts, and a footprint without loading."""
+        total = 0
+        for f in sorted(set(self._file_of.values())):
+            for name, info in read_header(f).items():
+                if self._file_of.get(name) != f:
+                    continue
+                try:
+                    total += math.prod(int(d) for d in info["shape"])
+                except (KeyError, TypeError, ValueError):
+                    raise ApiError(
+                        "conflict", f"checkpoint file {f.name}: tensor {name} has no valid shape", code="bad_checkpoint"
+                    ) from None
+        return total
 
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in set(self._file_of.values()) if f.is_file())

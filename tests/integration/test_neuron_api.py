@@ -349,6 +349,7 @@ def test_unload_waits_for_the_request_in_flight(running_neuron, http):
             assert "status" not in result  # still waiting for the stream
             turned_away = http.post("/v1/chat/completions", json={"model": "test/demo2", "messages": USER})
             assert turned_away.status_code == 503 and turned_away.headers["retry-after"]
+            assert turned_away.json()["error"]["code"] == "model_unloading"
             rest = [next(lines) for _ in range(3)]
             closed = time.monotonic()
         t.join(timeout=30)

@@ -1,4 +1,5 @@
-"""Admission per model: bounded concurrency, FIFO queue, 429 past the queue, 503 past the wait."""
+"""Admission per model: bounded concurrency, FIFO queue, 429 past the queue, 503 past the wait;
+and the neuron-wide intake a restart closes and drains."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import pytest
 
 from cortex.protocol.errors import ApiError
-from neuron.engine.admission import Admission
+from neuron.engine.admission import Admission, Intake
 
 
 def test_slots_queue_in_order_and_reject_past_the_bounds():
@@ -63,5 +64,55 @@ def test_a_cancelled_waiter_leaves_no_slot_behind():
             await task
         adm.release()
         assert (adm.in_flight, adm.queued) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_intake_refuses_with_503_neuron_restarting_and_drains_what_is_inside():
+    async def scenario():
+        intake = Intake()
+        finished: list[str] = []
+
+        async def request(name: str, secs: float):
+            intake.enter()
+            try:
+                await asyncio.sleep(secs)
+                finished.append(name)
+            finally:
+                intake.leave()
+
+        running = asyncio.create_task(request("running", 0.05))
+        await asyncio.sleep(0)
+        assert intake.inside == 1
+        intake.close()
+        with pytest.raises(ApiError) as refused:
+            intake.enter()
+        assert refused.value.status == 503 and refused.value.code == "neuron_restarting"
+        assert refused.value.retry_after and refused.value.retry_after >= 1
+        assert await intake.drain(5) == 0
+        assert finished == ["running"] and intake.inside == 0 and running.done()
+        assert await intake.drain(0) == 0  # nothing inside: at once
+
+    asyncio.run(scenario())
+
+
+def test_draining_past_its_bound_cancels_the_requests_still_inside():
+    async def scenario():
+        intake = Intake()
+        entered = asyncio.Event()
+
+        async def endless():
+            intake.enter()
+            try:
+                entered.set()
+                await asyncio.sleep(60)
+            finally:
+                intake.leave()
+
+        task = asyncio.create_task(endless())
+        await entered.wait()
+        intake.close()
+        assert await asyncio.wait_for(intake.drain(0.05), 5) == 1
+        assert task.cancelled() and intake.inside == 0
 
     asyncio.run(scenario())

@@ -1,0 +1,67 @@
+"""neuron.toml: cpu_memory_mb is checked with a one-line error, and the models a restart hands to
+its new process travel in NEURON_RESTORE_MODELS, which is never read as a config key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cortex.protocol.fleet import ModelSpec
+from neuron.config import (
+    RESTORE_MODELS_ENV,
+    ConfigError,
+    load_neuron_config,
+    restart_environ,
+    restore_models,
+)
+
+ETC = Path(__file__).resolve().parents[3] / "etc"
+
+
+def test_the_example_sets_a_cpu_memory_cap_and_the_default_is_none(tmp_path):
+    assert load_neuron_config(ETC / "neuron.example.toml", env={}).cpu_memory_mb == 65536
+    assert load_neuron_config(None, env={}).cpu_memory_mb is None
+    assert load_neuron_config(None, env={"NEURON_CPU_MEMORY_MB": "2048"}).cpu_memory_mb == 2048
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", "expected an integer > 0, got 0"), ("-5", "expected an integer > 0, got -5"), ('"lots"', "expected int")],
+)
+def test_a_bad_cpu_memory_cap_is_one_line_naming_the_key(tmp_path, value, expected):
+    cfg = tmp_path / "neuron.toml"
+    cfg.write_text(f"cpu_memory_mb = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_neuron_config(cfg, env={})
+    assert str(err.value).startswith(f"{cfg}: cpu_memory_mb: {expected}")
+    assert "\n" not in str(err.value)
+
+
+def test_the_restore_variable_is_not_a_config_key():
+    env = {RESTORE_MODELS_ENV: '[{"model_id": "org/a", "devices": []}]', "NEURON_PORT": "14000"}
+    assert load_neuron_config(None, env=env).port == 14000
+
+
+def test_restore_models_reads_the_specs_a_restart_wrote(monkeypatch):
+    monkeypatch.setenv("NEURON_PORT", "14000")
+    models = [ModelSpec(model_id="org/a", devices=[]), ModelSpec(model_id="b", devices=[1], harness="torch")]
+    env = restart_environ(models)
+    assert env["NEURON_PORT"] == "14000"  # the rest of the environment travels as it is
+    assert json.loads(env[RESTORE_MODELS_ENV]) == [
+        {"model_id": "org/a", "devices": []},
+        {"model_id": "b", "harness": "torch", "devices": [1]},
+    ]
+    assert restore_models(env) == models
+    monkeypatch.setenv(RESTORE_MODELS_ENV, env[RESTORE_MODELS_ENV])
+    assert RESTORE_MODELS_ENV not in restart_environ([])  # nothing to restore: the variable goes
+    assert restore_models({}) == [] and restore_models({RESTORE_MODELS_ENV: " "}) == []
+
+
+@pytest.mark.parametrize("text", ["not json", '{"model_id": "a"}', '[{"model": "a"}]', '[{"model_id": 5}]'])
+def test_a_bad_restore_variable_is_one_line_naming_it(text):
+    with pytest.raises(ConfigError) as err:
+        restore_models({RESTORE_MODELS_ENV: text})
+    assert str(err.value).startswith(f"{RESTORE_MODELS_ENV} (environment): expected a JSON list of load specs")
+    assert "\n" not in str(err.value)
