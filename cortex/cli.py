@@ -122,12 +122,23 @@ def _ps(args: argparse.Namespace) -> int:
     fleet = _call(args.endpoint, "/admin/fleet")
     rows = []
     for node in fleet["nodes"]:
+        name = node["name"] + (f" ({node['busy']})" if node.get("busy") else "")
         if not node["models"]:
-            rows.append(["-", node["name"], "up" if node["up"] else "DOWN", "-", "-"])
+            rows.append(["-", name, "up" if node["up"] else "DOWN", "-", "-", "-", "-", "-"])
         for m in node["models"]:
-            vram = f"{m['vram_used_mb']} MB" if m.get("vram_used_mb") is not None else "-"
-            rows.append([m["id"], node["name"], m["status"], vram, str(node["in_flight"].get(m["id"], 0))])
-    print(_table(rows, ["MODEL", "NODE", "STATUS", "MEMORY", "IN-FLIGHT"]))
+            mb = m.get("vram_used_mb") or m.get("footprint_mb")
+            memory = f"{mb} MB" if mb else "-"
+            status = "draining" if m.get("draining") else m["status"]
+            if status == "loading" and m.get("load_progress") is not None:
+                status = f"loading {100 * m['load_progress']:.0f}%"
+            idle = f"{m['idle_secs']:.0f}s" if m.get("idle_secs") is not None else "-"
+            in_flight = str(node["in_flight"].get(m["id"], 0))
+            rows.append(
+                [m["id"], name, status, memory, str(m.get("priority", "-")), in_flight, str(m.get("queued", 0)), idle]
+            )
+    for model, count in sorted(fleet.get("waiting", {}).items()):
+        rows.append([model, "-", "waiting for room", "-", "-", "0", str(count), "-"])
+    print(_table(rows, ["MODEL", "NODE", "STATUS", "MEMORY", "PRIORITY", "IN-FLIGHT", "QUEUED", "IDLE"]))
     return 0
 
 
@@ -164,7 +175,7 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _unload(args: argparse.Namespace) -> int:
-    body = {"model": args.model}
+    body = {"model": args.model, "force": args.force}
     if args.node:
         body["node"] = args.node
     answer = _call(args.endpoint, "/admin/models/unload", body, timeout=600)
@@ -261,11 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     client("status", "fleet health and models of a running gateway", _status)
-    client("ps", "table of model x node x status x memory x in-flight", _ps)
+    client("ps", "table of model x node: status, memory, priority, requests in flight and queued", _ps)
     for name, run, text in (("load", _load, "load MODEL (with progress)"), ("unload", _unload, "unload MODEL")):
         p = client(name, text, run)
         p.add_argument("model", metavar="MODEL")
         p.add_argument("--node", help="this neuron only (default: where placement says / wherever it is)")
+        if name == "unload":
+            p.add_argument("--force", action="store_true", help="a model in use: let its requests finish, then unload")
     up = sub.add_parser("up", help="a local neuron and a gateway in front of it, serving the demo model")
     up.add_argument("--listen", default="127.0.0.1:31313", help="gateway API address (default: %(default)s)")
     up.add_argument("--metrics-listen", default="127.0.0.1:31314", help="(default: %(default)s)")

@@ -50,14 +50,19 @@ class EvictionSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     strategy: str = "lru"
     defrag_after_cycles: int = 50
     min_residency_secs: float = 30.0
+    swap_after_secs: float = 5.0  # a resident used this recently (or busy) keeps a waiting model out this long
+    max_wait_secs: float = 120.0  # a request waiting for room gets 503 + Retry-After after this
 
     def __post_init__(self) -> None:
         if self.strategy not in ("lru", "priority"):
             raise ValueError(f"strategy: expected 'lru' or 'priority', got {self.strategy!r}")
         if self.defrag_after_cycles < 0:
             raise ValueError(f"defrag_after_cycles: expected an integer >= 0, got {self.defrag_after_cycles}")
-        if self.min_residency_secs < 0:
-            raise ValueError(f"min_residency_secs: expected a number >= 0, got {self.min_residency_secs}")
+        for key in ("min_residency_secs", "swap_after_secs"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: expected a number >= 0, got {getattr(self, key)}")
+        if self.max_wait_secs <= 0:
+            raise ValueError(f"max_wait_secs: expected a number > 0, got {self.max_wait_secs}")
 
 
 class AuthSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -74,9 +74,18 @@ class GatewayMetrics:
         )
         self.evictions = Counter("cortex_evictions", "Models evicted", [*mn, "reason"], registry=r)
         self.in_flight = Gauge("cortex_in_flight_requests", "Requests being relayed", mn, registry=r)
+        self.restarts = Counter(
+            "cortex_neuron_restarts", "Neurons restarted to defragment memory", ["node"], registry=r
+        )
         r.register(_FleetGauges(fleet))
 
     def load_finished(self, model: str, node: str, result: str, secs: float) -> None:
         self.loads.labels(model, node, result).inc()
         if result == "ok":
             self.load_duration.labels(model, node).observe(secs)
+
+    def evicted(self, model: str, node: str, reason: str) -> None:
+        self.evictions.labels(model, node, reason).inc()
+
+    def restarted(self, node: str) -> None:
+        self.restarts.labels(node).inc()

@@ -82,6 +82,32 @@ class NeuronClient:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise NeuronUnreachable(f"{base}/tokenize: malformed answer: {exc}") from None
 
+    async def footprint(self, base: str, model: str) -> tuple[int, int]:
+        """The neuron's estimate of what ``model`` needs there, from its weight files: (CPU MB, GPU MB)."""
+
+        class Footprint(msgspec.Struct):
+            cpu_mb: int
+            gpu_mb: int
+
+        try:
+            async with self.session.get(
+                f"{base}/models/{quote(model, safe='')}/footprint", timeout=self.poll_timeout
+            ) as r:
+                body = await r.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise NeuronUnreachable(f"{base}: {type(exc).__name__}: {exc}") from None
+        if r.status != 200:
+            raise ApiError("not_found" if r.status == 404 else "upstream", _message(body), status=r.status)
+        try:
+            answer = msgspec.json.decode(body, type=Footprint)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise NeuronUnreachable(f"{base}: malformed footprint: {exc}") from None
+        return answer.cpu_mb, answer.gpu_mb
+
+    async def restart(self, base: str) -> None:
+        """Asks the neuron to drain, restart cleanly and load its models again (defragmentation)."""
+        await self._post(base + "/admin/restart", b"{}", self.load_timeout)
+
     async def unload(self, base: str, model: str) -> None:
         await self._post(base + "/models/unload", msgspec.json.encode({"model_id": model}), self.load_timeout)
 

@@ -43,6 +43,8 @@ async def poll_node(node: Node, client: NeuronClient) -> bool:
 
 async def poll_once(fleet: Fleet, client: NeuronClient) -> None:
     await asyncio.gather(*(poll_node(n, client) for n in fleet.nodes.values()))
+    for node in fleet.up_nodes():
+        fleet.learn_footprints(node)
 
 
 async def poll_forever(fleet: Fleet, client: NeuronClient, interval_secs: float) -> None:

@@ -1,5 +1,7 @@
 """What the gateway knows about its fleet: per neuron, the last discovery, health and model
-list it polled, whether it is up, and how many requests the gateway has in flight there.
+list it polled, whether it is up, how many requests the gateway has in flight there, when each
+model was last used and first seen resident, what it is doing (a load, a swap, a restart); per
+model, the footprints measured so far.
 
 Rebuilt entirely from the neurons after a restart: nothing here is persisted.
 """
@@ -13,6 +15,8 @@ from cortex.config import Catalogue, CortexConfig, ModelProfile, is_pattern
 from cortex.protocol.fleet import Discovery, Health, ModelInfo
 
 DOWN_AFTER_FAILURES = 3
+DEFAULT_PRIORITY = 100
+PINNED_PRIORITY = 1000
 
 
 @dataclass
@@ -27,10 +31,27 @@ class Node:
     last_ok: float | None = None
     in_flight: dict[str, int] = field(default_factory=dict)  # model -> requests the gateway relays now
     endpoints: dict[str, str] = field(default_factory=dict)  # model -> inference base URL (cached)
+    loaded_at: dict[str, float] = field(default_factory=dict)  # model -> first seen resident (monotonic)
+    last_used: dict[str, float] = field(default_factory=dict)  # model -> last request started or ended
+    draining: set[str] = field(default_factory=set)  # chosen for eviction: no new requests go there
+    busy: str | None = None  # the operation under way (a load, a swap, a restart), one at a time
+    cycles: int = 0  # unloads since the neuron last restarted (defragmentation)
 
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)
         return info.status if info is not None else None
+
+    def serves(self, model: str) -> bool:
+        """Whether a request for ``model`` may go here now."""
+        return (
+            self.up and self.busy != "restarting" and model not in self.draining and self.status_of(model) == "loaded"
+        )
+
+    def requests_on(self, model: str) -> int:
+        """Requests for ``model`` here: the gateway's own, or the neuron's count (other gateways')."""
+        mine = self.in_flight.get(model, 0)
+        health = self.health.models.get(model) if self.health is not None else None
+        return max(mine, health.in_flight + health.queued if health is not None else 0)
 
     def free_memory_mb(self, min_devices: int) -> int:
         """Free memory for a model needing ``min_devices`` GPUs (0: host memory)."""
@@ -49,7 +70,26 @@ class Node:
         for model in list(self.endpoints):
             if self.status_of(model) != "loaded":
                 del self.endpoints[model]
+        self.note_residents()
         self.up, self.failures, self.last_ok = True, 0, time.monotonic()
+
+    def note_residents(self) -> None:
+        """Starts the residency clock of models seen loaded for the first time; forgets the gone."""
+        now = time.monotonic()
+        for model, info in self.models.items():
+            if info.status == "loaded":
+                self.loaded_at.setdefault(model, now)
+                self.last_used.setdefault(model, now)
+        for model in [m for m in self.loaded_at if self.status_of(m) != "loaded"]:
+            del self.loaded_at[model]
+            self.last_used.pop(model, None)
+
+    def device_kind(self, devices: list[int]) -> str:
+        """What a footprint measured here applies to: ``cpu``, or the GPU model's name."""
+        if not devices or self.discovery is None:
+            return "cpu"
+        names = {d.index: d.name for d in self.discovery.devices}
+        return names.get(devices[0], "gpu")
 
     def record_failure(self) -> bool:
         """Counts a failed poll; returns True when this one took the node down."""
@@ -81,6 +121,8 @@ class Fleet:
         self.catalogue = catalogue
         self.nodes: dict[str, Node] = {n.name: Node(n.name, n.endpoint.rstrip("/")) for n in config.neurons}
         self.started = time.time()
+        self.footprints: dict[tuple[str, str], int] = {}  # (model, device kind) -> measured MB
+        self.estimates: dict[tuple[str, str], tuple[int, int]] = {}  # (model, node) -> (cpu MB, gpu MB)
 
     def canonical(self, model: str) -> str:
         """The model an alias (exact or pattern, one hop) points at, or the model itself."""
@@ -90,9 +132,40 @@ class Fleet:
         return [n for n in self.nodes.values() if n.up]
 
     def replicas(self, model: str) -> list[Node]:
-        """Up nodes where the model is loaded, least busy first (ties by name)."""
-        found = [n for n in self.up_nodes() if n.status_of(model) == "loaded"]
+        """Nodes a request for the model may go to now, least busy first (ties by name)."""
+        found = [n for n in self.nodes.values() if n.serves(model)]
         return sorted(found, key=lambda n: (n.in_flight.get(model, 0), n.name))
+
+    def priority(self, model: str) -> int:
+        """Residency priority: the catalogue's, else 1000 for pinned models and 100 for others."""
+        profile = self.catalogue.profile(model)
+        if profile is None:
+            return DEFAULT_PRIORITY
+        if profile.residency_priority is not None:
+            return profile.residency_priority
+        return PINNED_PRIORITY if profile.pinned_on else DEFAULT_PRIORITY
+
+    def learn_footprints(self, node: Node) -> None:
+        """Remembers what each loaded model measured on this kind of device (for this gateway's life)."""
+        for info in node.models.values():
+            if info.status == "loaded" and info.vram_used_mb:
+                self.footprints[(info.id, node.device_kind(info.devices))] = info.vram_used_mb
+
+    def footprint(self, model: str, node: Node, gpu: bool) -> int | None:
+        """What ``model`` needs on ``node`` in MB: measured on this kind of device, else the catalogue's
+        ``vram_mb``, else the neuron's estimate from the weight files; None when nothing is known."""
+        kind = node.device_kind(
+            [node.discovery.devices[0].index] if gpu and node.discovery and node.discovery.devices else []
+        )
+        if (model, kind) in self.footprints:
+            return self.footprints[(model, kind)]
+        profile = self.catalogue.profile(model)
+        if profile is not None and profile.vram_mb is not None:
+            return profile.vram_mb
+        estimate = self.estimates.get((model, node.name))
+        if estimate is not None:
+            return estimate[1] if gpu else estimate[0]
+        return None
 
     def loading_on(self, model: str) -> list[Node]:
         return [n for n in self.up_nodes() if n.status_of(model) == "loading"]
@@ -126,7 +199,10 @@ class Fleet:
             info = node.models.get(model)
             if info is None or info.status not in ("loaded", "loading"):
                 continue
-            locations.append({"node": node.name, "status": info.status})
+            location = {"node": node.name, "status": info.status}
+            if info.status == "loading" and info.load_progress is not None:
+                location["load_progress"] = info.load_progress
+            locations.append(location)
             context = context or info.context_length
         statuses = {loc["status"] for loc in locations}
         status = "loaded" if "loaded" in statuses else ("loading" if "loading" in statuses else "available")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import msgspec
 from sanic import Blueprint, Request, response
 
@@ -9,6 +12,7 @@ from cortex.fleet.neurons import NeuronUnreachable
 from cortex.gateway.context import context_of
 from cortex.protocol.errors import ApiError, invalid
 
+log = logging.getLogger(__name__)
 bp = Blueprint("admin")
 
 
@@ -37,27 +41,48 @@ async def health(request: Request):
 
 @bp.get("/admin/fleet")
 async def fleet(request: Request):
+    ctx = context_of(request)
+    fleet = ctx.fleet
+    now = time.monotonic()
     nodes = []
-    for node in context_of(request).fleet.nodes.values():
+    for node in fleet.nodes.values():
+        models = []
+        for info in node.models.values():
+            health = node.health.models.get(info.id) if node.health is not None else None
+            used = node.last_used.get(info.id)
+            models.append(
+                {
+                    **msgspec.structs.asdict(info),
+                    "priority": fleet.priority(info.id),
+                    "footprint_mb": fleet.footprint(info.id, node, gpu=bool(info.devices)),
+                    "queued": health.queued if health is not None else 0,
+                    "idle_secs": round(now - used, 1) if used is not None else None,
+                    "draining": info.id in node.draining,
+                }
+            )
         nodes.append(
             {
                 "name": node.name,
                 "endpoint": node.endpoint,
                 "up": node.up,
                 "failed_polls": node.failures,
+                "busy": node.busy,
+                "cycles": node.cycles,
                 "discovery": node.discovery,
                 "health": node.health,
-                "models": list(node.models.values()),
+                "models": models,
                 "in_flight": {m: n for m, n in node.in_flight.items() if n},
             }
         )
-    return _json({"nodes": nodes})
+    waiting = {m: len(q.live()) for m, q in ctx.scheduler.queues.items() if q.live()}
+    return _json({"nodes": nodes, "waiting": waiting})
 
 
 class AdminModelRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str
     node: str | None = None
     wait: bool = True
+    force: bool = False  # unload: let a busy model's requests finish, then unload (else 409)
 
 
 def _decode(request: Request) -> AdminModelRequest:
@@ -78,35 +103,45 @@ def _node(request: Request, name: str | None):
 
 @bp.post("/admin/models/load")
 async def load(request: Request):
+    """Loads under the same rules as a request's cold load (placement, eviction, waits)."""
     ctx = context_of(request)
     req = _decode(request)
     model = ctx.fleet.canonical(req.model)
     node = _node(request, req.node)
-    profile = ctx.catalogue.profile(model)
     if req.wait:
-        loaded_on = await ctx.scheduler.ensure_loaded(model, profile, node)
+        loaded_on = await ctx.scheduler.ensure_loaded(model, node)
         return _json({"status": "loaded", "model": model, "node": loaded_on.name})
-    request.app.add_task(ctx.scheduler.ensure_loaded(model, profile, node), name=f"admin load {model}")
+    task = request.app.add_task(ctx.scheduler.ensure_loaded(model, node), name=f"admin load {model}")
+    if task is not None:
+        task.add_done_callback(_log_failure(model))
     return _json({"status": "loading", "model": model}, status=202)
+
+
+def _log_failure(model: str):
+    def done(task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("admin load of %s failed: %s", model, task.exception())
+
+    return done
 
 
 @bp.post("/admin/models/unload")
 async def unload(request: Request):
+    """Unloads where it is resident; a model in use answers 409 unless ``force`` (``?force=true``
+    or ``"force": true``), which lets its requests finish first."""
     ctx = context_of(request)
     req = _decode(request)
+    force = req.force or request.args.get("force", "").lower() in ("1", "true", "yes")
     model = ctx.fleet.canonical(req.model)
     node = _node(request, req.node)
     targets = [node] if node is not None else [n for n in ctx.fleet.up_nodes() if n.status_of(model) is not None]
-    if not targets:
+    if not targets or all(t.status_of(model) is None for t in targets):
         raise ApiError("not_found", f"model {model!r} is not loaded on any neuron", param="model")
     done = []
     for target in targets:
         try:
-            await ctx.client.unload(target.endpoint, model)
+            await ctx.scheduler.unload(target, model, force=force)
         except NeuronUnreachable as exc:
             raise ApiError("upstream", f"neuron {target.name} did not answer: {exc}") from None
-        target.models.pop(model, None)
-        target.endpoints.pop(model, None)
-        ctx.metrics.evictions.labels(model, target.name, "admin").inc()
         done.append(target.name)
     return _json({"status": "unloaded", "model": model, "nodes": done})

@@ -126,6 +126,7 @@ def create_app(
         )
         c.scheduler = Scheduler(c.fleet, c.client, observer=c.metrics)
         await poll_once(c.fleet, c.client)  # serve from a known fleet from the first request
+        c.scheduler.start()
         c.tasks.append(asyncio.create_task(poll_forever(c.fleet, c.client, c.config.gateway.poll_interval_secs)))
 
     @app.before_server_stop
@@ -133,6 +134,8 @@ def create_app(
         for task in app.ctx.tasks:
             task.cancel()
         await asyncio.gather(*app.ctx.tasks, return_exceptions=True)
+        if app.ctx.scheduler is not None:
+            await app.ctx.scheduler.stop()
 
     @app.after_server_stop
     async def close_upstreams(app: Sanic) -> None:

@@ -140,6 +140,22 @@ def upstream_api_error(status: int, data: bytes, retry_after: str | None = None)
     return ApiError(kind, message, param=param, status=status, retry_after=after)
 
 
+MAX_STALE_RETRIES = 2
+STALE_CODES = (b'"model_unloading"', b'"model_loading"', b'"neuron_restarting"')
+
+
+class StaleRoute(Exception):
+    """The neuron answered before the first byte that it does not serve the model (any more)."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _is_stale(status: int, data: bytes) -> bool:
+    return status == 404 or any(code in data for code in STALE_CODES)
+
+
 def _relay_headers(upstream: aiohttp.typedefs.LooseHeaders, extra: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in upstream.items() if k.lower() not in HOP_BY_HOP}
     out.update(extra)
@@ -249,14 +265,22 @@ class Relay:
     async def _forward(self, route: Route, model: str, body: bytes, stream: bool) -> HTTPResponse | None:
         ctx = self.ctx
         tried: set[str] = set()
+        stale = 0
         while True:
             node = route.node
             self.node = node.name
-            node.in_flight[model] = node.in_flight.get(model, 0) + 1
+            ctx.scheduler.request_started(node, model)
             gauge = ctx.metrics.in_flight.labels(model, node.name)
             gauge.inc()
             try:
                 return await self._attempt(route, model, body, stream)
+            except StaleRoute as exc:  # the model left that neuron (another gateway evicted it, a restart)
+                ctx.scheduler.forget(node, model)
+                stale += 1
+                if stale > MAX_STALE_RETRIES:
+                    raise exc.error from None
+                log.info("%s is no longer served by %s (%s); routing again", model, node.name, exc.error.message)
+                route = await ctx.scheduler.route(model)
             except TimeoutError:
                 raise ApiError(
                     "timeout",
@@ -280,7 +304,7 @@ class Relay:
                         "upstream", f"neuron {node.name} did not answer for {model!r}", code="upstream_unreachable"
                     ) from None
             finally:
-                node.in_flight[model] -= 1
+                ctx.scheduler.request_finished(node, model)
                 gauge.dec()
 
     async def _attempt(self, route: Route, model: str, body: bytes, stream: bool) -> HTTPResponse | None:
@@ -306,6 +330,8 @@ class Relay:
                     data = await up.read()
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise ApiError("upstream", f"neuron {route.node.name} broke off its answer: {exc}") from None
+                if up.status in (404, 503) and _is_stale(up.status, data):
+                    raise StaleRoute(upstream_api_error(up.status, data, up.headers.get("retry-after")))
                 self._account_body(model, route.node.name, data)
                 if self.translation is not None:
                     return self._translated_body(up, data, stream, extra)

@@ -2,8 +2,10 @@
 (cortex.protocol structs) with behaviour the test sets at start and changes through
 ``POST /_control``: loaded models, load delays and failures, stream speed, dying mid-stream,
 garbage answers, and a ``script`` of chat chunks to answer with (streamed as given, or merged
-into one completion). ``GET /_stats`` reports what it was asked to do, including the last chat
-and tokenize bodies.
+into one completion). It keeps a memory budget like a real neuron: each model has a footprint
+(``footprints``, default ``footprint``), loads that do not fit answer 507, loads in progress are
+joined, unloads wait for requests in flight, ``/admin/restart`` reloads everything.
+``GET /_stats`` reports what it was asked to do, including the last chat and tokenize bodies.
 
     python fake_neuron.py --name beast --port 17001 --spec '{"devices": [24000], "loaded": ["m"]}'
 """
@@ -40,10 +42,22 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         "last_body": None,
         "last_tokenize": None,
         "loads": [],
+        "load_starts": [],  # loads that really started (not joined, not refused)
         "unloads": [],
         "requests": 0,
+        "footprints": spec.get("footprints", {}),
+        "footprint": spec.get("footprint", 4000),
+        "placed": {},  # model -> devices it occupies ([] = host memory)
+        "in_flight": {},
+        "progress": {},
+        "restart_secs": spec.get("restart_secs", 0.3),
+        "restarts": 0,
+        "restarting": False,
     }
     devices = spec.get("devices", [24000])
+    memory_mb = spec.get("memory_mb", 64000)
+    for m in state["models"]:
+        state["placed"][m] = [0] if devices else []
     started = time.monotonic()
 
     def encode(obj) -> response.HTTPResponse:
@@ -68,20 +82,37 @@ def build(name: str, port: int, spec: dict) -> Sanic:
             )
         )
 
+    def footprint(model: str) -> int:
+        return state["footprints"].get(model, state["footprint"])
+
+    def used() -> tuple[dict[int, int], int]:
+        """MB in use per device and on the host, by every model resident or loading."""
+        per = dict.fromkeys(range(len(devices)), 0)
+        host = 0
+        for m, devs in state["placed"].items():
+            if not devs:
+                host += footprint(m)
+            for d in devs:
+                per[d] += footprint(m) // len(devs)
+        return per, host
+
     @app.get("/health")
     async def health(request: Request):
-        used = 4000 * sum(1 for s in state["models"].values() if s == "loaded")
+        per, host = used()
         return encode(
             Health(
                 uptime_secs=time.monotonic() - started,
                 devices=[
                     DeviceHealth(
-                        index=i, vram_used_mb=min(v, used), vram_free_mb=max(0, v - used), utilization_pct=0, temp_c=40
+                        index=i, vram_used_mb=per[i], vram_free_mb=max(0, v - per[i]), utilization_pct=0, temp_c=40
                     )
                     for i, v in enumerate(devices)
                 ],
-                memory_free_mb=spec.get("memory_mb", 64000) - used,
-                models={m: ModelHealth(status=s, in_flight=0, queued=0) for m, s in state["models"].items()},
+                memory_free_mb=max(0, memory_mb - host),
+                models={
+                    m: ModelHealth(status=s, in_flight=state["in_flight"].get(m, 0), queued=0)
+                    for m, s in state["models"].items()
+                },
             )
         )
 
@@ -92,44 +123,99 @@ def build(name: str, port: int, spec: dict) -> Sanic:
                 ModelInfo(
                     id=m,
                     harness="torch",
-                    status=s,
-                    devices=[0] if devices else [],
-                    vram_used_mb=4000,
+                    status="loading" if s in ("loading", "unloading") else s,
+                    devices=state["placed"].get(m, []),
+                    vram_used_mb=footprint(m) if s == "loaded" else None,
                     quant=None,
                     context_length=4096,
-                    load_progress=1.0 if s == "loaded" else 0.5,
+                    load_progress=1.0 if s == "loaded" else state["progress"].get(m, 0.0),
                     error=None,
                 )
                 for m, s in state["models"].items()
             ]
         )
 
+    async def finish_load(model: str, secs: float) -> None:
+        steps = 5
+        for i in range(steps):
+            await asyncio.sleep(secs / steps)
+            state["progress"][model] = (i + 1) / steps
+        state["models"][model] = "loaded"
+
     @app.post("/models/load")
     async def load(request: Request):
         body = json.loads(request.body)
         model = body["model_id"]
+        wait = body.get("wait", True)
         state["loads"].append(body)
         if model in state["load_fail"]:
             status = state["load_fail"][model]
             return response.json({"error": {"message": f"fake failure {status}", "type": "x"}}, status=status)
         if state["models"].get(model) == "loaded":
             return response.json({"status": "loaded"})
-        state["models"][model] = "loading"
-        await asyncio.sleep(state["load_secs"])
-        state["models"][model] = "loaded"
+        if state["models"].get(model) != "loading":
+            devs = body.get("devices")
+            devs = ([0] if devices else []) if devs is None else devs
+            per, host = used()
+            need = footprint(model)
+            if devs:
+                short = [d for d in devs if per[d] + need // len(devs) > devices[d]]
+                free = min(devices[d] - per[d] for d in devs)
+            else:
+                short = [0] if host + need > memory_mb else []
+                free = memory_mb - host
+            if short:
+                message = f"model {model!r} needs about {need} MiB but {free} MiB are free"
+                return response.json({"error": {"message": message, "type": "x", "code": "does_not_fit"}}, status=507)
+            state["placed"][model] = devs
+            state["models"][model] = "loading"
+            state["progress"][model] = 0.0
+            state["load_starts"].append(model)
+            app.add_task(finish_load(model, state["load_secs"]))
+        if not wait:
+            return response.json({"status": "loading"}, status=202)
+        while state["models"].get(model) == "loading":
+            await asyncio.sleep(0.01)
         return response.json({"status": "loaded"})
 
     @app.post("/models/unload")
     async def unload(request: Request):
         model = json.loads(request.body)["model_id"]
         state["unloads"].append(model)
-        if state["models"].pop(model, None) is None:
+        if state["models"].get(model) not in ("loaded", "loading"):
             return response.json({"error": {"message": "not loaded", "type": "not_found_error"}}, status=404)
+        state["models"][model] = "unloading"
+        while state["in_flight"].get(model, 0):
+            await asyncio.sleep(0.01)
+        state["models"].pop(model, None)
+        state["placed"].pop(model, None)
         return response.json({"status": "unloaded"})
 
+    async def restart() -> None:
+        state["restarting"] = True
+        while any(state["in_flight"].values()):
+            await asyncio.sleep(0.01)
+        for m in state["models"]:
+            state["models"][m] = "loading"
+        await asyncio.sleep(state["restart_secs"])
+        for m in state["models"]:
+            state["models"][m] = "loaded"
+        state["restarting"] = False
+        state["restarts"] += 1
+
+    @app.post("/admin/restart")
+    async def admin_restart(request: Request):
+        app.add_task(restart())
+        return response.json({"status": "restarting", "models": list(state["models"])}, status=202)
+
     @app.get("/models/<rest:path>")
-    async def endpoint(request: Request, rest: str):
-        model = rest.removesuffix("/endpoint").replace("%2F", "/")
+    async def model_route(request: Request, rest: str):
+        rest = rest.replace("%2F", "/")
+        if rest.endswith("/footprint"):
+            model = rest.removesuffix("/footprint")
+            need = footprint(model)
+            return response.json({"model_id": model, "cpu_mb": need, "gpu_mb": need})
+        model = rest.removesuffix("/endpoint")
         if state["models"].get(model) != "loaded":
             return response.json({"error": {"message": "not loaded"}}, status=404)
         return response.json({"url": f"http://127.0.0.1:{port}"})
@@ -174,8 +260,21 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         body = json.loads(request.body)
         state["last_body"] = body
         model = body["model"]
+        if state["restarting"]:
+            err = {"message": "restarting", "type": "x", "code": "neuron_restarting"}
+            return response.json({"error": err}, status=503)
+        if state["models"].get(model) == "unloading":
+            err = {"message": f"model {model!r} is unloading", "type": "x", "code": "model_unloading"}
+            return response.json({"error": err}, status=503)
         if state["models"].get(model) != "loaded":
             return response.json({"error": {"message": f"model {model!r} is not loaded", "type": "x"}}, status=404)
+        state["in_flight"][model] = state["in_flight"].get(model, 0) + 1
+        try:
+            return await answer(request, body, model)
+        finally:
+            state["in_flight"][model] -= 1
+
+    async def answer(request: Request, body: dict, model: str):
         if state["garbage"]:
             return response.raw(b"<html>definitely not json", content_type="text/html")
         text = f"reply from {name}"
@@ -250,7 +349,7 @@ def build(name: str, port: int, spec: dict) -> Sanic:
 
     @app.get("/_stats")
     async def stats(request: Request):
-        keys = ("loads", "unloads", "requests", "models", "last_body", "last_tokenize")
+        keys = ("loads", "load_starts", "unloads", "requests", "models", "last_body", "last_tokenize", "restarts")
         return response.json({k: state[k] for k in keys})
 
     return app

@@ -206,7 +206,7 @@ def test_a_model_that_fits_nowhere_is_503_with_the_reason(start_fleet):
     fleet = start_fleet(
         {"a": {"load_fail": {"m-huge": 507}}}, models=[{"id": "m-huge"}, {"id": "m-four", "min_devices": 4}]
     )
-    for model, needle in (("m-huge", "fake failure 507"), ("m-four", "needs 4 GPU(s)")):
+    for model, needle in (("m-huge", "a: fake failure 507"), ("m-four", "needs 4 GPU(s)")):
         r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": model, "messages": USER})
         assert r.status_code == 503 and r.headers["retry-after"]
         assert needle in r.json()["error"]["message"]
@@ -325,7 +325,10 @@ def test_cli_status_ps_load_unload(start_fleet, tmp_path):
         "NODE",
         "STATUS",
         "MEMORY",
+        "PRIORITY",
         "IN-FLIGHT",
+        "QUEUED",
+        "IDLE",
     ]
     assert any(line.split()[:3] == ["m2", "a", "loaded"] for line in ps.stdout.splitlines())
     unloaded = cortex("unload", "m2")
