@@ -234,6 +234,10 @@ def test_operator_load_uses_placement_and_shows_progress_and_footprints(start_fl
             break
         time.sleep(0.05)
     assert entry["status"] == "loaded" and {p for p in seen if p is not None} & {0.2, 0.4, 0.6, 0.8}
+    for _ in range(40):  # the load's bookkeeping ends just after the model is loaded
+        if httpx.get(fleet.url + "/admin/fleet").json()["nodes"][0]["busy"] is None:
+            break
+        time.sleep(0.05)
     out = subprocess.run(
         [sys.executable, "-m", "cortex.cli", "ps", "--endpoint", fleet.url], capture_output=True, text=True, timeout=30
     )
