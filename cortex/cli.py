@@ -224,7 +224,10 @@ def _up(args: argparse.Namespace) -> int:
         f"allow_download = {'true' if args.allow_download else 'false'}\n"
         f"[[default_models]]\nmodel_id = {json.dumps(model)}\n"
     )
-    neuron = subprocess.Popen([sys.executable, "-m", "neuron.cli", "serve", "--config", str(neuron_cfg)])
+    # its own session: Ctrl-C reaches the gateway only, which then stops the neuron once, cleanly
+    neuron = subprocess.Popen(
+        [sys.executable, "-m", "neuron.cli", "serve", "--config", str(neuron_cfg)], start_new_session=True
+    )
     config = CortexConfig(
         gateway=GatewaySection(listen=args.listen, metrics_listen=args.metrics_listen, poll_interval_secs=2.0),
         neurons=[NeuronEntry(name="local", endpoint=f"http://127.0.0.1:{args.neuron_port}")],

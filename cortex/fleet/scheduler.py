@@ -527,10 +527,15 @@ class Scheduler:
                 "unload with force to let them finish first",
                 code="model_busy",
             )
+        mine = node.busy is None  # hold the neuron, so no load is planned there while it drains
+        if mine:
+            node.busy = f"unloading {model}"
         try:
             await self._evict(node, model, "admin")
         finally:
             node.draining.discard(model)
+            if mine:
+                node.busy = None
             self.changed()
 
     def _defragment(self) -> None:
