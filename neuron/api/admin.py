@@ -174,7 +174,7 @@ async def tokenize(request: Request):
             tool_choice=req.tool_choice,
             chat_template_kwargs=req.chat_template_kwargs,
         )
-        ids, _ = await asyncio.to_thread(chat_prompt, side, chat)
+        ids = (await asyncio.to_thread(chat_prompt, side, chat)).ids
     else:
         ids = side.tokenizer.encode(req.prompt, add_special_tokens=False).ids
     return _json({"count": len(ids), "max_context": side.context_length})

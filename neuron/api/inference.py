@@ -25,11 +25,12 @@ from cortex.protocol.openai.requests import (
     check_chat,
     check_completion,
     decode_request,
+    forced_function,
     stop_strings,
 )
 from neuron.api.context import context_of
 from neuron.api.sse import event, stream_events
-from neuron.chat.output import Event, ToolCall
+from neuron.chat.output import THINK_CLOSE, THINK_OPEN, TOOL_OPEN, Event, ToolCall
 from neuron.chat.text import TextSide
 from neuron.engine.generation import GenerationRequest, Outcome, generate
 from neuron.engine.loaded import LoadedModel
@@ -66,15 +67,42 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def chat_prompt(lm: LoadedModel | TextSide, req: ChatCompletionRequest) -> tuple[list[int], bool]:
-    """Token ids of the rendered conversation, and whether the prompt leaves a thought open."""
+@dataclass(frozen=True)
+class ChatPrompt:
+    ids: list[int]
+    in_reasoning: bool  # the prompt leaves a thought open
+    answer_prefix: str  # the start of the answer the prompt already holds (a forced tool call)
+
+
+def _forced_call(req: ChatCompletionRequest) -> str:
+    """What a ``tool_choice`` that demands a call puts at the start of the answer: the opening of a
+    tool call (``required``), or of a call to the named function. The model continues from there,
+    so the call is made; a named function's arguments are the model's own."""
+    if not req.tools or req.tool_choice in (None, "none", "auto"):
+        return ""
+    name = forced_function(req)
+    if name is None:
+        return TOOL_OPEN
+    return TOOL_OPEN + '\n{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
+
+
+def chat_prompt(lm: LoadedModel | TextSide, req: ChatCompletionRequest) -> ChatPrompt:
+    """The rendered conversation as token ids. A forced tool call closes an open thought first
+    (a demanded call comes without thinking) and then opens the call."""
     tools = None
     if req.tools and req.tool_choice != "none":
         tools = [msgspec.to_builtins(t) for t in req.tools]
     extra = dict(req.chat_template_kwargs or {})
     text = lm.template.render([_message_dict(m) for m in req.messages], tools=tools, extra=extra)
+    in_reasoning = text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
+    forced = _forced_call(req)
+    if forced:
+        if in_reasoning:
+            text += THINK_CLOSE + "\n\n"
+            in_reasoning = False
+        text += forced
     ids = lm.tokenizer.encode(text, add_special_tokens=False).ids
-    return ids, text.rfind("<think>") > text.rfind("</think>")
+    return ChatPrompt(ids, in_reasoning, forced)
 
 
 def completion_prompt(lm: LoadedModel, req: CompletionRequest) -> list[int]:
@@ -172,7 +200,8 @@ async def chat_completions(request: Request):
     req: ChatCompletionRequest = decode_request(request.body, ChatCompletionRequest)
     check_chat(req)
     lm = ctx.residency.get(req.model)
-    prompt_ids, in_reasoning = await asyncio.to_thread(chat_prompt, lm, req)
+    prompt = await asyncio.to_thread(chat_prompt, lm, req)
+    prompt_ids = prompt.ids
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     field = "max_completion_tokens" if req.max_completion_tokens is not None else "messages"
     gen = GenerationRequest(
@@ -180,7 +209,8 @@ async def chat_completions(request: Request):
         max_new_tokens=_budget(lm, len(prompt_ids), requested, field),
         params=_sampling(lm, req),
         stop=stop_strings(req),
-        in_reasoning=in_reasoning,
+        in_reasoning=prompt.in_reasoning,
+        answer_prefix=prompt.answer_prefix,
         parse_tools=bool(req.tools) and req.tool_choice != "none",
         prefill_chunk=ctx.config.prefill_chunk_tokens,
         ignore_eos=req.ignore_eos,

@@ -25,6 +25,7 @@ class GenerationRequest:
     params: SamplingParams
     stop: list[str] = field(default_factory=list)
     in_reasoning: bool = False
+    answer_prefix: str = ""  # the answer's start, already in the prompt (a forced tool call)
     parse_tools: bool = True
     prefill_chunk: int = 512
     ignore_eos: bool = False
@@ -51,6 +52,7 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
     """Yields output deltas; ``outcome`` is filled in as generation proceeds."""
     worker, prompt = lm.worker, req.prompt_ids
     parser = OutputParser(in_reasoning=req.in_reasoning, parse_tools=req.parse_tools)
+    parser.feed(req.answer_prefix)  # opens the forced call: nothing comes out until it closes
     stopper = StopMatcher(req.stop)
     if req.max_new_tokens <= 0:
         outcome.finish_reason = "length"

@@ -45,6 +45,24 @@ SCRIPTS = {
         "after_tool": ["The weather in Paris is sunny."],
     },
     "test/stop": {"turn": ["Once upon a time", " END", " they lived happily."]},
+    # With tool_choice forcing a call the answer starts inside it: these chains finish the call.
+    "test/forced": {
+        "turn": ["I will not call anything."],
+        "named": ['{"city": "Paris"}}\n', "</tool_call>"],
+        "required": ['\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n', "</tool_call>"],
+    },
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+FORCED_PREFIX = {  # what the neuron appends to the prompt for each tool_choice that demands a call
+    "named": '<tool_call>\n{"name": "get_weather", "arguments": ',
+    "required": "<tool_call>",
 }
 
 
@@ -56,8 +74,7 @@ def scripted_template() -> str:
 
 
 def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: int = 4096) -> Path:
-    pieces = [p for chain in scripts.values() for p in chain]
-    assert len(pieces) == len(set(pieces)), "a chain token may appear once (the model is a bigram machine)"
+    pieces = list(dict.fromkeys(p for chain in scripts.values() for p in chain))
     extra = [p for p in pieces if p not in MARKUP_TOKENS] + [AFTER_TOOL]
     tok = train_tokenizer(demo_text(), vocab_size=512, extra_tokens=extra)
     cfg = qwen3_config(
@@ -69,8 +86,10 @@ def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: i
             w[name].zero_()  # the residual stream carries the token's embedding unchanged
     template = ChatTemplate(scripted_template())
 
-    def last_id(messages, **extra) -> int:
-        return tok.encode(template.render(messages, extra=extra), add_special_tokens=False).ids[-1]
+    def last_id(messages, tail: str = "", **extra) -> int:
+        tools = [WEATHER_TOOL] if tail else None
+        text = template.render(messages, tools=tools, extra=extra) + tail
+        return tok.encode(text, add_special_tokens=False).ids[-1]
 
     user = [{"role": "user", "content": "hi"}]
     tool = [*user, {"role": "assistant", "content": "", "tool_calls": []}, {"role": "tool", "content": "x"}]
@@ -78,7 +97,11 @@ def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: i
         "turn": {last_id(user), last_id(user, enable_thinking=False)},
         "after_tool": {last_id(tool), last_id(tool, enable_thinking=False)},
     }
-    assert not triggers["turn"] & triggers["after_tool"]
+    for kind, tail in FORCED_PREFIX.items():
+        triggers[kind] = {last_id(user, tail), last_id(user, tail, enable_thinking=False)}
+    kinds = [k for k in triggers if k in scripts]
+    for a, b in itertools.combinations(kinds, 2):
+        assert not triggers[a] & triggers[b], f"{a} and {b} end their prompts with the same token"
     eos = tok.token_to_id("<|im_end|>")
     nxt: dict[int, int] = {}
     for kind, chain in scripts.items():
@@ -89,7 +112,7 @@ def write_scripted_model(out: Path, scripts: dict[str, list[str]], *, context: i
             ids.append(enc[0])
         ids.append(eos)
         for a, b in itertools.pairwise(ids):
-            nxt[a] = b
+            assert nxt.setdefault(a, b) == b, f"token {a} would need two successors (a bigram machine)"
         for other in triggers[kind] - {ids[0]}:
             nxt[other] = ids[1]
     hidden = cfg["hidden_size"]
@@ -125,7 +148,7 @@ def model_root(tmp_path_factory) -> Path:
     return root
 
 
-DEFAULTS = ["helexa/demo", "test/plain", "test/think", "test/tools", "test/stop", "test/short"]
+DEFAULTS = ["helexa/demo", "test/plain", "test/think", "test/tools", "test/stop", "test/short", "test/forced"]
 
 
 @pytest.fixture(scope="module")

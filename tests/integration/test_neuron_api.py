@@ -151,6 +151,43 @@ def test_streamed_tool_call_arrives_whole_with_index_and_id(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
+@pytest.mark.parametrize(
+    ("choice", "city"),
+    [({"type": "function", "function": {"name": "get_weather"}}, "Paris"), ("required", "Rome")],
+)
+@pytest.mark.parametrize("thinking", [None, False])
+def test_a_tool_choice_that_demands_a_call_gets_one(client, http, choice, city, thinking):
+    extra = {"chat_template_kwargs": {"enable_thinking": thinking}} if thinking is not None else {}
+    body = {"model": "test/forced", "messages": USER, "tools": TOOLS, "tool_choice": choice}
+    out = client.chat.completions.create(**body, extra_body=extra)
+    assert out.choices[0].finish_reason == "tool_calls"
+    (call,) = out.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": city}
+    count = http.post("/tokenize", json={**body, **extra}).json()["count"]
+    assert out.usage.prompt_tokens == count  # the opened call is part of the prompt, and counted
+    streamed = list(client.chat.completions.create(**body, extra_body=extra, stream=True))
+    calls = [tc for c in streamed if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": city}]
+    assert not any(c.choices[0].delta.content for c in streamed if c.choices)
+
+
+def test_tool_choice_auto_leaves_the_choice_to_the_model_and_bad_choices_are_named(client, http):
+    out = client.chat.completions.create(model="test/forced", messages=USER, tools=TOOLS, tool_choice="auto")
+    assert out.choices[0].message.content == "I will not call anything." and out.choices[0].finish_reason == "stop"
+    for choice, needle in (
+        ({"type": "function", "function": {"name": "nope"}}, "'nope', which is not one of the tools"),
+        ("sometimes", "tool_choice must be none, auto, required"),
+    ):
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "test/forced", "messages": USER, "tools": TOOLS, "tool_choice": choice},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+        assert needle in r.json()["error"]["message"]
+    r = http.post("/v1/chat/completions", json={"model": "test/forced", "messages": USER, "tool_choice": "required"})
+    assert r.status_code == 400 and "no tools were given" in r.json()["error"]["message"]
+
+
 def test_without_tools_the_markup_is_plain_text(client):
     out = client.chat.completions.create(model="test/tools", messages=USER)
     assert out.choices[0].finish_reason == "stop" and out.choices[0].message.tool_calls is None

@@ -364,6 +364,15 @@ def test_end_to_end_through_a_real_neuron(real_fleet, running_neuron):
             thought.content[0].thinking.strip() == "Let me think about it."
             and thought.content[1].text == "The answer is 42."
         )
+        forced = client.messages.create(
+            model="test/forced",
+            max_tokens=64,
+            messages=HI,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"},
+        )
+        assert [b.type for b in forced.content] == ["tool_use"] and forced.content[0].input == {"city": "Paris"}
+        assert forced.stop_reason == "tool_use"
         stopped = client.messages.create(model="test/stop", max_tokens=64, messages=HI, stop_sequences=[" END"])
         assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == " END"
         assert stopped.content[0].text == "Once upon a time"

@@ -150,6 +150,7 @@ def check_chat(req: ChatCompletionRequest) -> None:
         raise invalid(
             f"max_completion_tokens must be >= 0, got {req.max_completion_tokens}", param="max_completion_tokens"
         )
+    check_tool_choice(req)
     for i, m in enumerate(req.messages):
         if m.role not in ("system", "developer", "user", "assistant", "tool"):
             raise invalid(
@@ -165,6 +166,33 @@ def check_chat(req: ChatCompletionRequest) -> None:
                     )
                 if part.text is None:
                     raise invalid(f"messages[{i}].content[{j}].text is missing", param=f"messages[{i}].content[{j}]")
+
+
+def forced_function(req: ChatCompletionRequest) -> str | None:
+    """The function ``tool_choice`` names (``{"type": "function", "function": {"name": …}}``), if any."""
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        return fn.get("name") if isinstance(fn, dict) else None
+    return None
+
+
+def check_tool_choice(req: ChatCompletionRequest) -> None:
+    choice = req.tool_choice
+    if choice is None or choice in ("none", "auto"):
+        return
+    if isinstance(choice, str) and choice != "required":
+        raise invalid(f"tool_choice must be none, auto, required or a function, got {choice!r}", param="tool_choice")
+    if not req.tools:
+        raise invalid("tool_choice asks for a tool call but no tools were given", param="tool_choice")
+    if isinstance(choice, dict):
+        name = forced_function(req)
+        if choice.get("type", "function") != "function" or not isinstance(name, str):
+            raise invalid(
+                'tool_choice must look like {"type": "function", "function": {"name": "…"}}', param="tool_choice"
+            )
+        if name not in {t.function.name for t in req.tools}:
+            raise invalid(f"tool_choice names {name!r}, which is not one of the tools given", param="tool_choice")
 
 
 def check_completion(req: CompletionRequest) -> None:
