@@ -18,6 +18,7 @@ from pathlib import Path
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 DEFAULT_ENDPOINT = "http://localhost:31313"
+LISTEN_BACKLOG = 1024
 DEMO_MODEL = "helexa/demo"
 
 
@@ -50,7 +51,8 @@ def run_gateway(config, catalogue) -> int:
         len(catalogue.models),
     )
     try:
-        app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+        # a burst of clients must not overflow the accept queue (a dropped SYN costs a 1 s retry)
+        app.run(host=host, port=port, single_process=True, access_log=False, motd=False, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         print(f"error: cannot listen on {config.gateway.listen}: {exc.strerror or exc}", file=sys.stderr)
         return RUNTIME_ERROR
