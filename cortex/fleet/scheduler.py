@@ -461,12 +461,17 @@ class Scheduler:
         await self._refresh(node)  # free memory as it is now, for the next placement
 
     def _learn_too_big(self, model: str, node: Node, profile: ModelProfile) -> None:
-        view = self._view(node, 0, time.monotonic())
-        free = view.host_free_mb if profile.min_devices == 0 else sum(view.device_free_mb.values())
+        health = node.health
+        if health is None:
+            free = 0
+        elif profile.min_devices == 0:
+            free = health.memory_free_mb
+        else:
+            free = sum(d.vram_free_mb for d in health.devices)
         cpu, gpu = self.fleet.estimates.get((model, node.name), (0, 0))
         bigger = free + 1
         self.fleet.estimates[(model, node.name)] = (max(cpu, bigger), max(gpu, bigger))
-        kind = node.device_kind([0] if profile.min_devices else [])
+        kind = node.placement_kind(profile.min_devices > 0)
         known = self.fleet.footprints.get((model, kind))
         if known is not None and known < bigger:
             del self.fleet.footprints[(model, kind)]

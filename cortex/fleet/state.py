@@ -91,6 +91,11 @@ class Node:
         names = {d.index: d.name for d in self.discovery.devices}
         return names.get(devices[0], "gpu")
 
+    def placement_kind(self, gpu: bool) -> str:
+        """The device kind a model placed here would run on: its first GPU's, or ``cpu``."""
+        first = self.discovery.devices[:1] if gpu and self.discovery is not None else []
+        return self.device_kind([d.index for d in first])
+
     def record_failure(self) -> bool:
         """Counts a failed poll; returns True when this one took the node down."""
         self.failures += 1
@@ -154,9 +159,7 @@ class Fleet:
     def footprint(self, model: str, node: Node, gpu: bool) -> int | None:
         """What ``model`` needs on ``node`` in MB: measured on this kind of device, else the catalogue's
         ``vram_mb``, else the neuron's estimate from the weight files; None when nothing is known."""
-        kind = node.device_kind(
-            [node.discovery.devices[0].index] if gpu and node.discovery and node.discovery.devices else []
-        )
+        kind = node.placement_kind(gpu)
         if (model, kind) in self.footprints:
             return self.footprints[(model, kind)]
         profile = self.catalogue.profile(model)

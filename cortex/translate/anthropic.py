@@ -39,7 +39,7 @@ from cortex.protocol.anthropic.requests import (
 )
 from cortex.protocol.errors import ApiError, invalid
 from cortex.protocol.openai.chat import ChatCompletion, ToolCallDelta
-from cortex.translate.common import ChunkTranslator, prompt_fields
+from cortex.translate.common import ChunkTranslator, function_tool, prompt_fields
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
@@ -163,17 +163,7 @@ def chat_messages(req: Conversation) -> list[dict[str, Any]]:
 def _tools(req: Conversation) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if req.tools:
-        out["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    **({"description": t.description} if t.description is not None else {}),
-                    "parameters": t.input_schema,
-                },
-            }
-            for t in req.tools
-        ]
+        out["tools"] = [function_tool(t.name, t.description, t.input_schema) for t in req.tools]
     choice = req.tool_choice
     if choice is not None:
         if choice.type == "tool":

@@ -12,6 +12,15 @@ from cortex.protocol.openai.chat import ChatChunk, ToolCallDelta
 PROMPT_FIELDS = ("model", "messages", "tools", "tool_choice", "chat_template_kwargs")
 
 
+def function_tool(name: str, description: str | None, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool in the chat dialect (``description`` only when given)."""
+    function: dict[str, Any] = {"name": name}
+    if description is not None:
+        function["description"] = description
+    function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
 def prompt_fields(chat: dict[str, Any]) -> dict[str, Any]:
     """The neuron ``/tokenize`` body that counts exactly the prompt of chat request ``chat``."""
     return {k: chat[k] for k in PROMPT_FIELDS if k in chat}

@@ -36,10 +36,11 @@ from cortex.protocol.openai.responses import (
     Refusal,
     ResponsesRequest,
 )
-from cortex.translate.common import ChunkTranslator, prompt_fields
+from cortex.translate.common import ChunkTranslator, function_tool, prompt_fields
 
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 NO_THINKING = ("none", "minimal")
+EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}  # a function tool without parameters
 
 
 def new_id(prefix: str) -> str:
@@ -129,14 +130,7 @@ def _tools(req: ResponsesRequest) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if req.tools:
         out["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    **({"description": t.description} if t.description is not None else {}),
-                    "parameters": t.parameters if t.parameters is not None else {"type": "object", "properties": {}},
-                },
-            }
+            function_tool(t.name, t.description, t.parameters if t.parameters is not None else EMPTY_SCHEMA)
             for t in req.tools
         ]
     choice = req.tool_choice
