@@ -5,16 +5,42 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+# helexa is installed into the venv (not editable) and reinstalled only when one of these changed,
+# so a second `make run` / `make test` starts at once. CMake's build folder (build/) is kept, so a
+# reinstall recompiles only the native sources that changed.
+STAMP   := $(VENV)/.helexa-installed
+SOURCES := $(shell find cortex neuron csrc kernels -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null) \
+           CMakeLists.txt pyproject.toml README.md
+INSTALL_LOG := $(VENV)/install.log
+# what `pip install -v` prints that tells a person where the install is: packages as they are
+# fetched, CMake's build progress, the end
+PROGRESS := s/^Collecting ([^ ]+).*/  fetching \1/p; s/^ *\*\*\* (Configuring CMake|Building project).*/  \1/p; s/^ *(\[[0-9]+\/[0-9]+\]) Building [A-Z]+ object CMakeFiles\/_C\.dir\/([^ ]+)\.o$$/  \1 compiling \2/p; s/^ *(\[[0-9]+\/[0-9]+\]) Linking [A-Z]+ shared module ([^ ]+)$$/  \1 linking \2/p; s/^(Successfully installed).*/  done/p
+
 .PHONY: run test install lint bench bench-decode clean
 
+# The build runs in the venv itself (no isolated build environment): its pybind11 keeps one path, so
+# CMake does not recompile the bindings at every reinstall. These are pyproject's build-system.requires
+# (plus CMake and Ninja from PyPI where the system has none).
+BUILD_REQUIRES := "scikit-build-core>=0.10" "pybind11>=2.12" $(if $(shell command -v cmake),,cmake) \
+                  $(if $(shell command -v ninja),,ninja)
 
 $(BIN)/python:
+	@echo "==> creating $(VENV) with the CPU build of torch ($(TORCH)) and the build tools"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(BUILD_REQUIRES)
 
-install: $(BIN)/python
-	$(BIN)/python -m pip install -q ".[test]"
+$(STAMP): $(BIN)/python $(SOURCES)
+	@echo "==> installing helexa and its test tools into $(VENV); the first time this builds the native"
+	@echo "    extension neuron._C with CMake, which takes a few minutes on 2 cores (full log: $(INSTALL_LOG))"
+	@$(BIN)/python -m pip install -v --no-build-isolation ".[test]" 2>&1 | tee $(INSTALL_LOG) | sed -u -n -E '$(PROGRESS)' \
+	  || { echo "error: the install failed; the end of $(INSTALL_LOG):"; tail -n 40 $(INSTALL_LOG); exit 1; }
+	@touch $@
+
+install: $(STAMP)
 
 # A one-machine fleet: a local neuron with the demo model and the gateway in front of it.
 run: install

@@ -4,8 +4,11 @@ one-machine fleet (``cortex up``)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,12 +33,27 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def run_gateway(config, catalogue) -> int:
+def run_gateway(config, catalogue, *, after_start=None) -> int:
+    """Serves the gateway until it is stopped; ``after_start(app)`` (a coroutine function) runs
+    as a task once it listens."""
     from prometheus_client import start_http_server
 
     from cortex.gateway.app import create_app
 
     app = create_app(config, catalogue)
+    if after_start is not None:
+        tasks = []
+
+        @app.after_server_start
+        async def _start_task(app) -> None:
+            tasks.append(asyncio.get_running_loop().create_task(after_start(app), name="after-start"))
+
+        @app.before_server_stop
+        async def _stop_task(app) -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     host, port = _split_listen(config.gateway.listen)
     mhost, mport = _split_listen(config.gateway.metrics_listen)
     try:
@@ -187,14 +205,146 @@ def _unload(args: argparse.Namespace) -> int:
 
 # --- cortex up ----------------------------------------------------------------------------
 
+UP_POLL_SECS = 0.25
+UP_PROGRESS_SECS = 5.0
+NEURON_TAIL_LINES = 20
+
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen there now (with SO_REUSEADDR, as the servers bind: a port
+    whose last connections linger in TIME_WAIT is free)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return True
         except OSError:
             return False
+
+
+def neuron_command(*args: str) -> list[str]:
+    """The installed ``neuron`` program, whatever the working directory. ``-P`` keeps the current
+    directory off ``sys.path``: run from a source checkout, ``python -m neuron.cli`` would
+    otherwise import the checkout's ``neuron/`` folder, which has no built extension."""
+    return [sys.executable, "-P", "-m", "neuron.cli", *args]
+
+
+class LocalNeuron:
+    """The neuron child of ``cortex up``: in its own session (Ctrl-C reaches the gateway only,
+    which then stops it once, cleanly), its log relayed to our stderr and its last lines kept
+    for the message if it dies."""
+
+    def __init__(self, config_path: Path) -> None:
+        import collections
+        import threading
+
+        self.tail: collections.deque[str] = collections.deque(maxlen=NEURON_TAIL_LINES)
+        self.proc = subprocess.Popen(
+            neuron_command("serve", "--config", str(config_path)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._relay = threading.Thread(target=self._relay_log, name="neuron-log", daemon=True)
+        self._relay.start()
+
+    def _relay_log(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.tail.append(line)
+            print(line, file=sys.stderr, flush=True)
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def death_notice(self) -> str:
+        self._relay.join(timeout=2)  # the last lines it wrote before it died
+        lines = "\n".join(f"  | {line}" for line in self.tail) or "  | (it wrote nothing)"
+        return f"error: the local neuron exited with code {self.proc.returncode}; its last lines:\n{lines}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._relay.join(timeout=2)
+
+
+async def _model_failure(http, neuron_url: str, model: str) -> str | None:
+    """The neuron's reason when its load of ``model`` failed, else None."""
+    import aiohttp
+
+    try:
+        async with http.get(neuron_url + "/models", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            infos = await r.json() if r.status == 200 else []
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    for info in infos:
+        if info.get("id") == model and info.get("status") == "failed":
+            return info.get("error") or "the load failed"
+    return None
+
+
+async def _ask_once(http, url: str, body: str) -> tuple[int, dict]:
+    import aiohttp
+
+    try:
+        async with http.post(
+            url, data=body, headers={"content-type": "application/json"}, timeout=aiohttp.ClientTimeout(total=60)
+        ) as r:
+            try:
+                return r.status, await r.json(content_type=None)
+            except ValueError:
+                return r.status, {}
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, {}
+
+
+def _up_watcher(neuron: LocalNeuron, model: str, gateway_url: str, neuron_url: str, banner: str, body: str, result):
+    """Once the gateway listens: waits until ``model`` answers a real request through it, then
+    prints the banner; from then on (and before), a neuron that exits stops ``cortex up`` with
+    its last log lines and exit code 1."""
+
+    def stop(code: int) -> None:
+        # as Ctrl-C would: Sanic's own signal handler stops the server whatever stage it is in
+        result["code"] = code
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async def watch(app) -> None:
+        http = app.ctx.http
+        started = last_note = time.monotonic()
+        ready = False
+        while True:
+            if neuron.exited() is not None:
+                print(neuron.death_notice(), file=sys.stderr, flush=True)
+                stop(RUNTIME_ERROR)
+                return
+            if not ready:
+                failure = await _model_failure(http, neuron_url, model)
+                if failure is not None:
+                    print(f"error: the local neuron could not load {model}: {failure}", file=sys.stderr, flush=True)
+                    stop(RUNTIME_ERROR)
+                    return
+                status, answer = await _ask_once(http, gateway_url + "/v1/chat/completions", body)
+                if status == 200 and answer.get("usage"):
+                    ready = True
+                    print(banner, flush=True)
+                elif status not in (0, 502, 503, 504):
+                    message = (answer.get("error") or {}).get("message", answer)
+                    print(f"error: {model} does not answer: HTTP {status}: {message}", file=sys.stderr, flush=True)
+                    stop(RUNTIME_ERROR)
+                    return
+                elif time.monotonic() - last_note >= UP_PROGRESS_SECS:
+                    last_note = time.monotonic()
+                    waited = last_note - started
+                    print(f"cortex up: waiting for the neuron to serve {model} ({waited:.0f} s)", file=sys.stderr)
+            await asyncio.sleep(UP_POLL_SECS)
+
+    return watch
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -206,8 +356,10 @@ def _up(args: argparse.Namespace) -> int:
         print("error: cortex up runs a local neuron: install it with pip install 'helexa[neuron]'", file=sys.stderr)
         return USAGE_ERROR
     host, port = _split_listen(args.listen)
+    mhost, mport = _split_listen(args.metrics_listen)
     for what, flag, h, p in (
         ("gateway", "--listen", host, port),
+        ("metrics", "--metrics-listen", mhost, mport),
         ("neuron", "--neuron-port", "127.0.0.1", args.neuron_port),
     ):
         if not _port_free(h, p):
@@ -216,9 +368,11 @@ def _up(args: argparse.Namespace) -> int:
     models_dir = Path(args.models_dir) if args.models_dir else demo_models_dir()
     model = args.model or DEMO_MODEL
     if model == DEMO_MODEL and not (models_dir / DEMO_MODEL / "config.json").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "neuron.cli", "demo-model", "--force", str(models_dir / DEMO_MODEL)], check=True
-        )
+        print(f"cortex up: writing the demo model to {models_dir / DEMO_MODEL}", file=sys.stderr, flush=True)
+        made = subprocess.run(neuron_command("demo-model", "--force", str(models_dir / DEMO_MODEL)))
+        if made.returncode != 0:
+            print("error: writing the demo model failed (see above)", file=sys.stderr)
+            return RUNTIME_ERROR
     work = Path(tempfile.mkdtemp(prefix="cortex-up-"))
     neuron_cfg = work / "neuron.toml"
     neuron_cfg.write_text(
@@ -226,34 +380,35 @@ def _up(args: argparse.Namespace) -> int:
         f"allow_download = {'true' if args.allow_download else 'false'}\n"
         f"[[default_models]]\nmodel_id = {json.dumps(model)}\n"
     )
-    # its own session: Ctrl-C reaches the gateway only, which then stops the neuron once, cleanly
-    neuron = subprocess.Popen(
-        [sys.executable, "-m", "neuron.cli", "serve", "--config", str(neuron_cfg)], start_new_session=True
-    )
+    neuron_url = f"http://127.0.0.1:{args.neuron_port}"
     config = CortexConfig(
         gateway=GatewaySection(listen=args.listen, metrics_listen=args.metrics_listen, poll_interval_secs=2.0),
-        neurons=[NeuronEntry(name="local", endpoint=f"http://127.0.0.1:{args.neuron_port}")],
+        neurons=[NeuronEntry(name="local", endpoint=neuron_url)],
     )
     catalogue = Catalogue(models=[ModelProfile(id=model, min_devices=0)])
     shown = "localhost" if host in ("0.0.0.0", "::", "") else host
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
-    print(
-        f"\ncortex up: gateway http://{shown}:{port}/v1 (metrics :{_split_listen(args.metrics_listen)[1]}), "
-        f"neuron http://127.0.0.1:{args.neuron_port}, model {model}\n"
-        f"try:\n  curl -s http://{shown}:{port}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n",
-        flush=True,
+    print(f"cortex up: starting a local neuron on {neuron_url} to serve {model}", file=sys.stderr, flush=True)
+    neuron = LocalNeuron(neuron_cfg)
+    banner = (
+        f"\ncortex up: {model} is ready. gateway http://{shown}:{port}/v1 (metrics http://{shown}:{mport}/metrics), "
+        f"neuron {neuron_url} (pid {neuron.proc.pid})\n"
+        f"try:\n  curl -s http://{shown}:{port}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+        "Ctrl-C stops both.\n"
     )
+    result = {"code": 0}
+    loopback = "127.0.0.1" if host in ("0.0.0.0", "", "localhost") else ("::1" if host == "::" else host)
+    gateway_url = f"http://{loopback if ':' not in loopback else f'[{loopback}]'}:{port}"
+    watcher = _up_watcher(neuron, model, gateway_url, neuron_url, banner, body, result)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
-        return run_gateway(config, catalogue)
+        code = run_gateway(config, catalogue, after_start=watcher)
+        return code or result["code"]
     except KeyboardInterrupt:
-        return 0
+        return result["code"]
     finally:
-        neuron.terminate()
-        try:
-            neuron.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            neuron.kill()
+        neuron.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -265,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The helexa gateway: one OpenAI API in front of every neuron in the fleet.",
         epilog="Client commands present $CORTEX_API_KEY when it is set.",
     )
+    from cortex import __version__
+
+    parser.add_argument("--version", action="version", version=f"cortex (helexa) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", "-c", metavar="PATH", help="cortex.toml (default: built-in defaults + CORTEX_* env)")

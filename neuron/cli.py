@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neuron",
         description="The helexa per-host daemon: loads models onto this host's GPUs (or CPU) and serves them.",
     )
+    from neuron import __version__
+
+    parser.add_argument("--version", action="version", version=f"neuron (helexa) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = sub.add_parser("serve", help="run the daemon (HTTP API on port 13131 by default)")
     serve.add_argument("--config", "-c", metavar="PATH", help="neuron.toml (default: built-in defaults + NEURON_* env)")

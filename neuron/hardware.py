@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 @dataclass
 class _Nvml:
     ok: bool = False
+    failed: bool = False  # tried and found no driver: say so once, not at every reading
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -38,10 +39,13 @@ def _nvml_ready() -> bool:
         return False
     with _nvml.lock:
         if not _nvml.ok:
+            if _nvml.failed:
+                return False
             try:
                 pynvml.nvmlInit()
                 _nvml.ok = True
             except pynvml.NVMLError as exc:
+                _nvml.failed = True
                 log.info("no NVIDIA driver reachable through NVML (%s): CPU-only host", exc)
                 return False
     return True
