@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/cpu_isa.h"
 #include "common/dtype.h"
@@ -28,6 +29,25 @@ namespace {
 template <class T>
 T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
+}
+
+// Every CPU kernel variant the sources define (common/cpu_isa.h: Isa ends at avx512_vnni), least
+// capable first.
+std::vector<std::string> known_isa_names() {
+  std::vector<std::string> out;
+  for (int i = 0; i <= static_cast<int>(helexa::Isa::avx512_vnni); ++i) {
+    out.emplace_back(helexa::isa_name(static_cast<helexa::Isa>(i)));
+  }
+  return out;
+}
+
+// The variants compiled into this module: the SIMD ones only in an x86-64 build (CMakeLists.txt).
+std::vector<std::string> built_isa_names() {
+#if defined(HELEXA_X86)
+  return known_isa_names();
+#else
+  return {helexa::isa_name(helexa::Isa::generic)};
+#endif
 }
 
 bool has_cuda() {
@@ -64,6 +84,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("has_cuda", &has_cuda, "True when CUDA kernels were compiled into this module");
   m.def("build_info", &build_info, "What this module was built with");
+  m.def("known_cpu_isas", &known_isa_names, "Every CPU kernel variant the sources define, least capable first");
+  m.def("built_cpu_isas", &built_isa_names, "CPU kernel variants compiled into this module, least capable first");
   m.def("cpu_isas", &helexa::usable_isa_names, "CPU kernel variants this machine can run, least capable first");
   m.def("cpu_isa", [] { return std::string(helexa::isa_name(helexa::active_isa())); },
         "The CPU kernel variant in use");

@@ -21,13 +21,15 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
 import torch  # after _C: a missing extension is the clearer error
 
 HAS_CUDA: bool = _C.has_cuda()
-CPU_ISAS: tuple[str, ...] = tuple(_C.cpu_isas())
+KNOWN_CPU_ISAS: tuple[str, ...] = tuple(_C.known_cpu_isas())  # every variant the sources define
+BUILT_CPU_ISAS: tuple[str, ...] = tuple(_C.built_cpu_isas())  # those compiled into this module
+CPU_ISAS: tuple[str, ...] = tuple(_C.cpu_isas())  # those this machine can run
 QuantType = _C.QuantType
 DType = _C.DType
 
 _env_isa = os.environ.get("HELEXA_CPU_ISA", "")
-if _env_isa and _env_isa not in ("generic", "avx2", "avx512_vnni"):
-    raise ValueError(f"HELEXA_CPU_ISA={_env_isa!r}: expected one of generic, avx2, avx512_vnni")
+if _env_isa and _env_isa not in KNOWN_CPU_ISAS:
+    raise ValueError(f"HELEXA_CPU_ISA={_env_isa!r}: expected one of {', '.join(KNOWN_CPU_ISAS)}")
 
 _env_threads = os.environ.get("HELEXA_NUM_THREADS", "")
 if _env_threads:
@@ -49,7 +51,8 @@ def cpu_isa() -> str:
 
 
 def set_cpu_isa(name: str) -> None:
-    """Caps the CPU kernel variant; ``name`` is one of ``CPU_ISAS`` (or a more capable one)."""
+    """Caps the CPU kernel variant; ``name`` is one of ``KNOWN_CPU_ISAS`` (a cap above what this CPU
+    runs leaves the best of ``CPU_ISAS`` in use)."""
     _C.set_cpu_isa(name)
 
 

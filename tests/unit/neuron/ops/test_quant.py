@@ -1,5 +1,6 @@
 """neuron.ops quant family: GGUF block formats against gguf (bit-exact), ggml's reference
-quantizers, and float64 references for qmatmul, on every CPU ISA this machine runs."""
+quantizers, and float64 references for qmatmul, on every CPU ISA the build knows (those this
+machine cannot run are skipped, saying why: conftest.py)."""
 
 from __future__ import annotations
 
@@ -38,15 +39,6 @@ def wild_scales(w: ops.QuantTensor, seed: int) -> ops.QuantTensor:
         bits[special] ^= np.uint16(0x0400)
         blocks[:, off : off + 2] = bits.view(np.uint8).reshape(-1, 2)
     return w
-
-
-@pytest.fixture(params=ops.CPU_ISAS)
-def isa(request):
-    before = ops.cpu_isa()
-    ops.set_cpu_isa(request.param)
-    assert ops.cpu_isa() == request.param
-    yield request.param
-    ops.set_cpu_isa(before)
 
 
 @pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
@@ -129,7 +121,7 @@ def k_for(qtype: str) -> int:
     return 512 if BLOCK_ELEMS[qtype] == 256 else 32 * 11
 
 
-@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 3, 64, 300])
 @pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
 def test_qmatmul_matches_float64_reference(isa, qtype, m, x_dtype):
@@ -154,22 +146,17 @@ def test_qmatmul_on_a_model_shape(isa, qtype):
 
 
 @pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
-def test_every_isa_computes_the_same_integer_sums(qtype):
+def test_every_isa_computes_the_same_integer_sums(simd_isa, qtype):
     gen = torch.Generator().manual_seed(12)
     w = random_quant_tensor(qtype, (45, k_for(qtype)), generator=gen)
     x = torch.randn(5, k_for(qtype), generator=gen)
-    before = ops.cpu_isa()
-    results = {}
-    try:
-        for name in ops.CPU_ISAS:
-            ops.set_cpu_isa(name)
-            results[name] = ops.qmatmul(x, w)
-    finally:
-        ops.set_cpu_isa(before)
-    first = results[ops.CPU_ISAS[0]]
-    for name, y in results.items():
-        # Identical int8 activations and integer block sums; only float summation order differs.
-        torch.testing.assert_close(y, first, rtol=1e-5, atol=1e-5 * float(first.abs().max()), msg=name)
+    ops.set_cpu_isa("generic")
+    generic = ops.qmatmul(x, w)
+    ops.set_cpu_isa(simd_isa)
+    assert ops.cpu_isa() == simd_isa
+    y = ops.qmatmul(x, w)
+    # Identical int8 activations and integer block sums; only float summation order differs.
+    torch.testing.assert_close(y, generic, rtol=1e-5, atol=1e-5 * float(generic.abs().max()))
 
 
 def test_qmatmul_keeps_leading_dimensions():
