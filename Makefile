@@ -28,14 +28,15 @@ BUILD_REQUIRES := "scikit-build-core>=0.10" "pybind11>=2.12" $(if $(shell comman
                   $(if $(shell command -v ninja),,ninja)
 
 $(BIN)/python:
-	@echo "==> creating $(VENV) with the CPU build of torch ($(TORCH)) and the build tools"
+	@echo "==> creating $(VENV) with the CPU build of torch ($(TORCH))"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" $(BUILD_REQUIRES)
+	$(BIN)/python -m pip install -q "$(TORCH)"
 
 $(STAMP): $(BIN)/python $(SOURCES)
 	@echo "==> installing helexa and its test tools into $(VENV); the first time this builds the native"
 	@echo "    extension neuron._C with CMake, which takes a few minutes on 2 cores (full log: $(INSTALL_LOG))"
+	@$(BIN)/python -m pip install -q $(BUILD_REQUIRES)
 	@$(BIN)/python -m pip install -v --no-build-isolation ".[test]" 2>&1 | tee $(INSTALL_LOG) | sed -u -n -E '$(PROGRESS)' \
 	  || { echo "error: the install failed; the end of $(INSTALL_LOG):"; tail -n 40 $(INSTALL_LOG); exit 1; }
 	@touch $@

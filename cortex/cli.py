@@ -21,25 +21,24 @@ from pathlib import Path
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 DEFAULT_ENDPOINT = "http://localhost:31313"
-LISTEN_BACKLOG = 1024
 DEMO_MODEL = "helexa/demo"
 
 
 # --- serving ------------------------------------------------------------------------------
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def run_gateway(config, catalogue, *, after_start=None) -> int:
     """Serves the gateway until it is stopped; ``after_start(app)`` (a coroutine function) runs
     as a task once it listens."""
-    from prometheus_client import start_http_server
+    from cortex.config import split_listen
+    from cortex.gateway.app import LISTEN_BACKLOG, create_app
+    from cortex.protocol.http import DeadlineProtocol
 
-    from cortex.gateway.app import create_app
-
+    for what, listen in (("", config.gateway.listen), (" (metrics)", config.gateway.metrics_listen)):
+        reason = _cannot_listen(*split_listen(listen))
+        if reason:
+            print(f"error: cannot listen on {listen}{what}: {reason}", file=sys.stderr)
+            return RUNTIME_ERROR
     app = create_app(config, catalogue)
     if after_start is not None:
         tasks = []
@@ -54,13 +53,6 @@ def run_gateway(config, catalogue, *, after_start=None) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    host, port = _split_listen(config.gateway.listen)
-    mhost, mport = _split_listen(config.gateway.metrics_listen)
-    try:
-        start_http_server(mport, addr=mhost, registry=app.ctx.metrics.registry)
-    except OSError as exc:
-        print(f"error: cannot listen on {config.gateway.metrics_listen} (metrics): {exc.strerror}", file=sys.stderr)
-        return RUNTIME_ERROR
     logging.getLogger("cortex").info(
         "cortex on %s (metrics on %s), %d neurons, %d catalogue models",
         config.gateway.listen,
@@ -68,9 +60,17 @@ def run_gateway(config, catalogue, *, after_start=None) -> int:
         len(config.neurons),
         len(catalogue.models),
     )
+    host, port = split_listen(config.gateway.listen)
     try:
-        # a burst of clients must not overflow the accept queue (a dropped SYN costs a 1 s retry)
-        app.run(host=host, port=port, single_process=True, access_log=False, motd=False, backlog=LISTEN_BACKLOG)
+        app.run(
+            host=host,
+            port=port,
+            single_process=True,
+            access_log=False,
+            motd=False,
+            backlog=LISTEN_BACKLOG,
+            protocol=DeadlineProtocol,
+        )
     except OSError as exc:
         print(f"error: cannot listen on {config.gateway.listen}: {exc.strerror or exc}", file=sys.stderr)
         return RUNTIME_ERROR
@@ -210,16 +210,17 @@ UP_PROGRESS_SECS = 5.0
 NEURON_TAIL_LINES = 20
 
 
-def _port_free(host: str, port: int) -> bool:
-    """Whether a server could listen there now (with SO_REUSEADDR, as the servers bind: a port
-    whose last connections linger in TIME_WAIT is free)."""
-    with socket.socket() as s:
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen there now, or None (bound with SO_REUSEADDR, as the servers
+    bind: a port whose last connections linger in TIME_WAIT is free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-            return True
-        except OSError:
-            return False
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def neuron_command(*args: str) -> list[str]:
@@ -350,19 +351,27 @@ def _up_watcher(neuron: LocalNeuron, model: str, gateway_url: str, neuron_url: s
 def _up(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from cortex.config import Catalogue, CortexConfig, GatewaySection, ModelProfile, NeuronEntry, demo_models_dir
+    from cortex.config import (
+        Catalogue,
+        CortexConfig,
+        GatewaySection,
+        ModelProfile,
+        NeuronEntry,
+        demo_models_dir,
+        split_listen,
+    )
 
     if importlib.util.find_spec("neuron") is None or importlib.util.find_spec("torch") is None:
         print("error: cortex up runs a local neuron: install it with pip install 'helexa[neuron]'", file=sys.stderr)
         return USAGE_ERROR
-    host, port = _split_listen(args.listen)
-    mhost, mport = _split_listen(args.metrics_listen)
+    host, port = split_listen(args.listen)
+    mhost, mport = split_listen(args.metrics_listen)
     for what, flag, h, p in (
         ("gateway", "--listen", host, port),
         ("metrics", "--metrics-listen", mhost, mport),
         ("neuron", "--neuron-port", "127.0.0.1", args.neuron_port),
     ):
-        if not _port_free(h, p):
+        if _cannot_listen(h, p):
             print(f"error: port {p} ({what}) is in use; pick another with {flag}", file=sys.stderr)
             return RUNTIME_ERROR
     models_dir = Path(args.models_dir) if args.models_dir else demo_models_dir()

@@ -22,6 +22,12 @@ __all__ = ["Catalogue", "ConfigError", "CortexConfig", "ModelProfile", "load_cat
 _LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """A checked ``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _check_listen(key: str, value: str) -> None:
     m = _LISTEN_RE.match(value)
     if not m or not 0 < int(m.group(2)) < 65536:
@@ -77,12 +83,15 @@ class AuthSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 class NeuronEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     name: str
     endpoint: str
+    api_key: str | None = None  # the neuron's fleet key (its neuron.toml api_key), sent on every call
 
     def __post_init__(self) -> None:
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", self.name):
             raise ValueError(f"name: expected letters, digits, '.', '_', '-', got {self.name!r}")
         if not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint: expected an http:// or https:// URL, got {self.endpoint!r}")
+        if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
+            raise ValueError("api_key: expected a non-empty key without surrounding spaces")
 
 
 class CortexConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

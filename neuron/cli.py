@@ -28,12 +28,20 @@ def _serve(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     if args.port is not None:
         config = msgspec.structs.replace(config, port=args.port)
+    from cortex.protocol.http import DeadlineProtocol
     from neuron.api.app import create_app
 
     app = create_app(config, restore_models=restore)
     logging.getLogger(__name__).info("neuron listening on %s:%d", config.host, config.port)
     try:
-        app.run(host=config.host, port=config.port, single_process=True, access_log=False, motd=False)
+        app.run(
+            host=config.host,
+            port=config.port,
+            single_process=True,
+            access_log=False,
+            motd=False,
+            protocol=DeadlineProtocol,
+        )
     except OSError as exc:
         print(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return RUNTIME_ERROR

@@ -56,6 +56,7 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     cpu_dtype: str = "auto"  # beyond the contract: float32 | bfloat16 | auto (bfloat16 where the CPU has it)
     prefill_chunk_tokens: int = 512
     cpu_memory_mb: int | None = None  # beyond the contract: cap on host memory for CPU-resident models
+    api_key: str | None = None  # the fleet key: required on every route but /health and /version when set
     admission: AdmissionSection = AdmissionSection()
     default_models: list[ModelSpec] = []
 
@@ -70,6 +71,8 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
             raise ValueError(f"prefill_chunk_tokens: expected an integer >= 16, got {self.prefill_chunk_tokens}")
         if self.cpu_memory_mb is not None and self.cpu_memory_mb <= 0:
             raise ValueError(f"cpu_memory_mb: expected an integer > 0, got {self.cpu_memory_mb}")
+        if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
+            raise ValueError("api_key: expected a non-empty key without surrounding spaces")
         if self.advertise_url is not None and not self.advertise_url.startswith(("http://", "https://")):
             raise ValueError(f"advertise_url: expected an http:// or https:// URL, got {self.advertise_url!r}")
 

@@ -24,12 +24,17 @@ async def poll_node(node: Node, client: NeuronClient) -> bool:
             discovery = await client.discovery(node.endpoint)
         health, models = await asyncio.gather(client.health(node.endpoint), client.models(node.endpoint))
     except NeuronUnreachable as exc:
+        reason = str(exc)
         if node.record_failure():
-            log.warning("neuron %s is down (%d failed polls): %s", node.name, DOWN_AFTER_FAILURES, exc)
-        elif node.up:
-            log.debug("poll of %s failed: %s", node.name, exc)
+            log.warning("neuron %s is down (%d failed polls): %s", node.name, DOWN_AFTER_FAILURES, reason)
+        elif not node.up and reason != node.poll_error:  # never up, or the reason changed: say so once
+            log.warning("neuron %s does not answer: %s", node.name, reason)
+        else:
+            log.debug("poll of %s failed: %s", node.name, reason)
+        node.poll_error = reason
         return False
     was_up = node.up
+    node.poll_error = None
     node.record_success(discovery, health, models)
     if not was_up:
         log.info(

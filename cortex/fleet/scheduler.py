@@ -31,7 +31,7 @@ from cortex.config import EvictionSection, ModelProfile
 from cortex.fleet import placement
 from cortex.fleet.neurons import NeuronClient, NeuronUnreachable
 from cortex.fleet.state import Fleet, Node, feasible
-from cortex.protocol.errors import ApiError
+from cortex.protocol.errors import ApiError, kind_of_status
 from cortex.protocol.fleet import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -258,24 +258,31 @@ class Scheduler:
         now = time.monotonic()
         for model in sorted(self.queues, key=lambda m: min((w.since for w in self.queues[m].waiters), default=now)):
             queue = self.queues[model]
-            waiters = queue.live()
-            if not waiters:
-                del self.queues[model]
-                continue
-            self._serve_resident(model, waiters)
-            waiters = queue.live()
-            if not waiters or model in self.operations:
-                continue
-            loading = [
-                n for n in self.fleet.loading_on(model) if n.busy != "restarting" and any(w.accepts(n) for w in waiters)
-            ]
-            if loading:  # someone else (another gateway, an operator) is loading it: follow that load
-                self._start(model, loading[0], self._follow(model, loading[0]))
-                continue
-            self._place(model, queue, now)
-            if model not in self.operations:
-                self._expire(model, queue, now)
+            try:
+                self._plan_model(model, queue, now)
+            except Exception:  # one model's bug fails its own waiters, never every other model's loads
+                log.exception("planning %r failed", model)
+                self._fail(model, ApiError("internal", f"the gateway could not plan a load of {model!r}; see its log"))
         self._defragment()
+
+    def _plan_model(self, model: str, queue: Queue, now: float) -> None:
+        waiters = queue.live()
+        if not waiters:
+            del self.queues[model]
+            return
+        self._serve_resident(model, waiters)
+        waiters = queue.live()
+        if not waiters or model in self.operations:
+            return
+        loading = [
+            n for n in self.fleet.loading_on(model) if n.busy != "restarting" and any(w.accepts(n) for w in waiters)
+        ]
+        if loading:  # someone else (another gateway, an operator) is loading it: follow that load
+            self._start(model, loading[0], self._follow(model, loading[0]))
+            return
+        self._place(model, queue, now)
+        if model not in self.operations:
+            self._expire(model, queue, now)
 
     def _serve_resident(self, model: str, waiters: list[Waiter]) -> None:
         replicas = self.fleet.replicas(model)
@@ -300,7 +307,7 @@ class Scheduler:
                 for w in waiters:
                     w.future.set_exception(self._not_found(model))
                 return
-            profile = ModelProfile(id=model)
+            profile = self._uncatalogued(model, waiters)
         oldest = min(w.since for w in waiters)
         nodes = [n for n in fleet.up_nodes() if feasible(profile, n) and any(w.accepts(n) for w in waiters)]
         views = []
@@ -336,6 +343,14 @@ class Scheduler:
             return
         node = fleet.nodes[plan.node]
         self._start(model, node, self._load(model, profile, node, plan))
+
+    def _uncatalogued(self, model: str, waiters: list[Waiter]) -> ModelProfile:
+        """What an operator's load of a model outside the catalogue may use: a GPU where some
+        neuron it may go to has one, else the host CPU (nothing says what the model needs)."""
+        gpus = any(
+            n.discovery and n.discovery.devices for n in self.fleet.up_nodes() if any(w.accepts(n) for w in waiters)
+        )
+        return ModelProfile(id=model, min_devices=1 if gpus else 0)
 
     def _view(self, node: Node, need: int, now: float) -> placement.NodeView:
         fleet = self.fleet
@@ -446,11 +461,13 @@ class Scheduler:
                 await self._refresh(node)
                 self._learn_too_big(model, node, profile)
                 return
+            log.warning("loading %s on %s failed (%d): %s", model, node.name, exc.status, exc.message)
+            # the neuron's own verdict on the model (not found, a bad spec, an unsupported
+            # architecture) stands; anything else is the fleet's failure
+            kind = kind_of_status(exc.status, upstream=True) if exc.status in (400, 404, 409) else "upstream"
             self._fail(
                 model,
-                ApiError(
-                    "upstream", f"loading {model!r} on neuron {node.name} failed: {exc.message}", code="load_failed"
-                ),
+                ApiError(kind, f"loading {model!r} on neuron {node.name} failed: {exc.message}", code="load_failed"),
             )
             return
         self._observe(model, node.name, "ok", started)
@@ -488,7 +505,10 @@ class Scheduler:
                 self.fleet.learn_footprints(node)
                 return
             if info is None or info.status == "failed":
-                raise ApiError("upstream", (info.error if info else None) or "the neuron dropped the load")
+                status = (info.error_status if info else None) or 502
+                raise ApiError(
+                    "upstream", (info.error if info else None) or "the neuron dropped the load", status=status
+                )
             if time.monotonic() > deadline:
                 raise ApiError("timeout", f"still loading after {self.fleet.config.gateway.load_timeout_secs:g} s")
             await asyncio.sleep(self.load_poll_secs)

@@ -23,6 +23,7 @@ PINNED_PRIORITY = 1000
 class Node:
     name: str
     endpoint: str
+    api_key: str | None = None  # the neuron's fleet key, presented on every call to it
     discovery: Discovery | None = None
     health: Health | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
@@ -36,6 +37,7 @@ class Node:
     draining: set[str] = field(default_factory=set)  # chosen for eviction: no new requests go there
     busy: str | None = None  # the operation under way (a load, a swap, a restart), one at a time
     cycles: int = 0  # unloads since the neuron last restarted (defragmentation)
+    poll_error: str | None = None  # why the last poll failed (logged when it changes)
 
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)
@@ -124,7 +126,7 @@ class Fleet:
     def __init__(self, config: CortexConfig, catalogue: Catalogue) -> None:
         self.config = config
         self.catalogue = catalogue
-        self.nodes: dict[str, Node] = {n.name: Node(n.name, n.endpoint.rstrip("/")) for n in config.neurons}
+        self.nodes: dict[str, Node] = {n.name: Node(n.name, n.endpoint.rstrip("/"), n.api_key) for n in config.neurons}
         self.started = time.time()
         self.footprints: dict[tuple[str, str], int] = {}  # (model, device kind) -> measured MB
         self.estimates: dict[tuple[str, str], tuple[int, int]] = {}  # (model, node) -> (cpu MB, gpu MB)

@@ -10,7 +10,7 @@ from sanic import Blueprint, Request, response
 
 from cortex.fleet.neurons import NeuronUnreachable
 from cortex.gateway.context import context_of
-from cortex.protocol.errors import ApiError, invalid
+from cortex.protocol.errors import ApiError, decode_body, invalid
 
 log = logging.getLogger(__name__)
 bp = Blueprint("admin")
@@ -86,10 +86,10 @@ class AdminModelRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _decode(request: Request) -> AdminModelRequest:
-    try:
-        return msgspec.json.decode(request.body or b"", type=AdminModelRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid(f"invalid request: {exc}") from None
+    req = decode_body(request.body, AdminModelRequest)
+    if not req.model:
+        raise invalid("model must be a non-empty model id", param="model")
+    return req
 
 
 def _node(request: Request, name: str | None):

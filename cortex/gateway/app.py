@@ -4,15 +4,15 @@ auth check and the error handlers, and owns the HTTP session and the fleet polle
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 
 import aiohttp
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 
-from cortex.config import Catalogue, CortexConfig
+from cortex.config import Catalogue, CortexConfig, split_listen
 from cortex.fleet.neurons import NeuronClient
 from cortex.fleet.poller import poll_forever, poll_once
 from cortex.fleet.scheduler import Scheduler
@@ -21,35 +21,43 @@ from cortex.gateway import admin, anthropic, openai, responses
 from cortex.gateway.context import GatewayContext
 from cortex.metrics import GatewayMetrics
 from cortex.protocol.anthropic import errors as anthropic_errors
-from cortex.protocol.errors import ApiError
+from cortex.protocol.auth import key_matches, presented_key
+from cortex.protocol.errors import ApiError, kind_of_status
+from cortex.protocol.http import SERVER_CONFIG, DeadlineProtocol, DeadlineRequest
 from cortex.protocol.openai import errors as openai_errors
 
 log = logging.getLogger(__name__)
 
-_KIND_OF_STATUS = {400: "invalid_request", 401: "authentication", 403: "permission", 404: "not_found", 413: "too_large"}
 POLL_TIMEOUT_SECS = 5.0
+LISTEN_BACKLOG = 1024  # a burst of clients must not overflow the accept queue (a dropped SYN costs a 1 s retry)
 
 
 def error_response(err: ApiError, request: Request):
-    """The error in the caller's dialect: Anthropic's envelope on ``/v1/messages*``, OpenAI's
-    everywhere else."""
+    """The error in the caller's dialect: Anthropic's envelope on ``/v1/messages*`` (and on
+    ``/v1/models*`` for a client that sends ``anthropic-version``), OpenAI's everywhere else."""
     headers = {"retry-after": str(max(1, int(err.retry_after)))} if err.retry_after is not None else {}
-    if request.path.startswith("/v1/messages"):
+    path = request.path
+    if path.startswith("/v1/messages") or (path.startswith("/v1/models") and "anthropic-version" in request.headers):
         body = anthropic_errors.render(err, request_id=request.headers.get("x-request-id") or f"req_{request.id.hex}")
     else:
         body = openai_errors.render(err)
     return response.raw(msgspec.json.encode(body), status=err.status, headers=headers, content_type="application/json")
 
 
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
+def metrics_app(registry, name: str) -> Sanic:
+    """The metrics listener (``gateway.metrics_listen``): ``/metrics`` (and ``/``) in Prometheus
+    text, on the gateway's own event loop, so a scrape never reads fleet state another thread is
+    changing, with the same deadlines on slow clients as the API."""
+    app = Sanic(name, env_prefix=None, configure_logging=False, request_class=DeadlineRequest)
+    # TOUCHUP off: Sanic rewrites its shared HTTP classes once, at the gateway app's start
+    app.config.update({**SERVER_CONFIG, "REQUEST_MAX_SIZE": 64 * 2**10, "TOUCHUP": False})
 
+    @app.get("/")
+    @app.get("/metrics", name="metrics")
+    async def scrape(request: Request):
+        return response.raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
-def _matches(key: str | None, keys: list[str]) -> bool:
-    return key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
+    return app
 
 
 def create_app(
@@ -57,34 +65,30 @@ def create_app(
 ) -> Sanic:
     fleet = fleet or Fleet(config, catalogue)
     ctx = GatewayContext(config=config, catalogue=catalogue, fleet=fleet, metrics=GatewayMetrics(fleet))
-    app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False)
-    app.config.update(
-        {
-            "REQUEST_MAX_SIZE": int(config.gateway.max_body_mb * 2**20),
-            "RESPONSE_TIMEOUT": 24 * 3600,
-            "REQUEST_TIMEOUT": 120,
-            "KEEP_ALIVE_TIMEOUT": 75,
-            "FALLBACK_ERROR_FORMAT": "json",
-        }
-    )
+    app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False, request_class=DeadlineRequest)
+    app.config.update({**SERVER_CONFIG, "REQUEST_MAX_SIZE": int(config.gateway.max_body_mb * 2**20)})
     app.blueprint(openai.bp)
     app.blueprint(anthropic.bp)
     app.blueprint(responses.bp)
     app.blueprint(admin.bp)
     auth = config.auth
+    # Without admin_keys the API keys open /admin/* too: an [auth] section never leaves it open.
+    admin_keys = (auth.admin_keys or auth.api_keys) if auth is not None else []
 
     @app.on_request
     async def check_key(request: Request):
         if auth is None:
             return None
         path = request.path
-        if path.startswith("/admin/") and auth.admin_keys:
-            key = _presented_key(request)
+        if path.startswith("/admin/") and admin_keys:
+            key = presented_key(request.headers)
             if key is None:
                 return error_response(ApiError("authentication", "this route needs an admin key"), request)
-            if not _matches(key, auth.admin_keys):
+            if not key_matches(key, admin_keys):
                 return error_response(ApiError("permission", "the key presented is not an admin key"), request)
-        elif path.startswith("/v1/") and auth.api_keys and not _matches(_presented_key(request), auth.api_keys):
+        elif (
+            path.startswith("/v1/") and auth.api_keys and not key_matches(presented_key(request.headers), auth.api_keys)
+        ):
             return error_response(
                 ApiError("authentication", "a valid API key is required (Authorization: Bearer … or x-api-key)"),
                 request,
@@ -98,7 +102,7 @@ def create_app(
     @app.exception(SanicException)
     async def on_sanic_error(request: Request, exc: SanicException):
         status = getattr(exc, "status_code", 500) or 500
-        kind = _KIND_OF_STATUS.get(status, "internal" if status >= 500 else "invalid_request")
+        kind = kind_of_status(status)
         message = str(exc) or exc.__class__.__name__
         if status == 404:
             message = f"no route {request.method} {request.path}"
@@ -122,9 +126,17 @@ def create_app(
             timeout=timeout, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False
         )
         c.client = NeuronClient(
-            c.http, poll_timeout_secs=POLL_TIMEOUT_SECS, load_timeout_secs=c.config.gateway.load_timeout_secs
+            c.http,
+            poll_timeout_secs=POLL_TIMEOUT_SECS,
+            load_timeout_secs=c.config.gateway.load_timeout_secs,
+            keys={n.endpoint: n.api_key for n in c.fleet.nodes.values() if n.api_key},
         )
         c.scheduler = Scheduler(c.fleet, c.client, observer=c.metrics)
+        mhost, mport = split_listen(c.config.gateway.metrics_listen)
+        c.metrics_server = await metrics_app(c.metrics.registry, f"{app.name}-metrics").create_server(
+            host=mhost, port=mport, protocol=DeadlineProtocol, access_log=False, backlog=LISTEN_BACKLOG
+        )
+        await c.metrics_server.startup()  # (create_server has bound the port and accepts connections)
         await poll_once(c.fleet, c.client)  # serve from a known fleet from the first request
         c.scheduler.start()
         c.tasks.append(asyncio.create_task(poll_forever(c.fleet, c.client, c.config.gateway.poll_interval_secs)))
@@ -139,6 +151,8 @@ def create_app(
 
     @app.after_server_stop
     async def close_upstreams(app: Sanic) -> None:
+        if app.ctx.metrics_server is not None:
+            await app.ctx.metrics_server.close()
         if app.ctx.http is not None:
             await app.ctx.http.close()
 

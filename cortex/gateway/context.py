@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from sanic import Request
@@ -23,6 +24,7 @@ class GatewayContext:
     http: aiohttp.ClientSession | None = None
     client: NeuronClient | None = None
     scheduler: Scheduler | None = None
+    metrics_server: Any = None  # the metrics listener (a Sanic AsyncioServer), on this loop
     tasks: list = field(default_factory=list)
 
 

@@ -31,7 +31,8 @@ from sanic.response.types import HTTPResponse
 
 from cortex.fleet.scheduler import Route
 from cortex.gateway.context import GatewayContext
-from cortex.protocol.errors import ApiError
+from cortex.protocol.auth import key_headers
+from cortex.protocol.errors import ApiError, kind_of_status
 from cortex.protocol.openai import errors as openai_errors
 from cortex.translate.common import StreamError
 from cortex.translate.sse import EventReader, decode_chunk, upstream_error
@@ -111,21 +112,6 @@ class Translation:
     count: Callable[[], Awaitable[int | None]] | None = None
 
 
-_KIND_OF_STATUS = {
-    400: "invalid_request",
-    401: "authentication",
-    403: "permission",
-    404: "not_found",
-    409: "conflict",
-    413: "too_large",
-    422: "invalid_request",
-    429: "rate_limit",
-    503: "unavailable",
-    504: "timeout",
-    507: "insufficient_storage",
-}
-
-
 def upstream_api_error(status: int, data: bytes, retry_after: str | None = None) -> ApiError:
     """A neuron's error answer (OpenAI envelope, or anything) as an ApiError to re-render."""
     message, param = data[:500].decode(errors="replace"), None
@@ -133,7 +119,7 @@ def upstream_api_error(status: int, data: bytes, retry_after: str | None = None)
         err = msgspec.json.decode(data).get("error")
         if isinstance(err, dict):
             message, param = str(err.get("message") or err), err.get("param")
-    kind = _KIND_OF_STATUS.get(status, "upstream" if status >= 500 else "invalid_request")
+    kind = kind_of_status(status, upstream=True)
     after = None
     with contextlib.suppress(TypeError, ValueError):
         after = float(retry_after) if retry_after is not None else None
@@ -315,9 +301,20 @@ class Relay:
         if route.cold:
             extra["x-cortex-load-ms"] = f"{route.load_ms or 0:.0f}"
             metrics.cold_starts.labels(model, route.node.name).inc()
-        headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
+        headers = {
+            "content-type": "application/json",
+            "accept": self.request.headers.get("accept", "*/*"),
+            **key_headers(route.node.api_key),
+        }
         async with ctx.http.post(route.url + self.path, data=body, headers=headers) as up:
             self.status = up.status
+            if up.status in (401, 403):  # the neuron refused our fleet key: not the client's fault
+                raise ApiError(
+                    "upstream",
+                    f"neuron {route.node.name} refused the gateway's fleet key (HTTP {up.status}); "
+                    "check [[neurons]] api_key in cortex.toml against its neuron.toml api_key",
+                    code="neuron_key_refused",
+                )
             ctype = up.headers.get("content-type", "")
             if up.status == 200 and not ctype.startswith(("application/json", "text/event-stream")):
                 raise ApiError(

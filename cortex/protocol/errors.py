@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -25,6 +26,20 @@ STATUS_OF_KIND: dict[str, int] = {
     "timeout": 504,
     "insufficient_storage": 507,
 }
+
+
+_KIND_OF_STATUS: dict[int, str] = {status: kind for kind, status in STATUS_OF_KIND.items()} | {422: "invalid_request"}
+
+
+def kind_of_status(status: int, *, upstream: bool = False) -> str:
+    """The error kind of an HTTP status: the one map both programs use, for their own answers
+    and for a peer's (``upstream``: a 5xx we did not choose reads as the peer's failure)."""
+    kind = _KIND_OF_STATUS.get(status)
+    if kind is not None and not (upstream and kind == "internal"):
+        return kind
+    if status >= 500:
+        return "upstream" if upstream else "internal"
+    return "invalid_request"
 
 
 class ApiError(Exception):
@@ -78,3 +93,19 @@ def invalid_field(exc: msgspec.ValidationError, bad_tag: Callable[[str, str], st
         where = f"{where}.{missing.group(1)}" if where else missing.group(1)
         what = "Field required"
     return invalid(f"{where}: {what}" if where else what, param=where or None)
+
+
+def decode_body(body: bytes, kind: Any = Any, bad_tag: Callable[[str, str], str | None] | None = None) -> Any:
+    """A client's JSON body decoded into ``kind``, every way it can be wrong a 400: empty, not
+    JSON, nested deeper than the decoder recurses (``[[[[…`` thousands deep), or not of the
+    expected shape (naming the field, see :func:`invalid_field`)."""
+    if not body:
+        raise invalid("the request body is empty: expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise invalid_field(exc, bad_tag) from None
+    except msgspec.DecodeError as exc:
+        raise invalid(f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise invalid("the JSON body is nested too deeply (more than about 1000 levels)") from None

@@ -77,3 +77,4 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     context_length: int | None
     load_progress: float | None
     error: str | None
+    error_status: int | None = None  # the HTTP status the failed load answered (404: the model is not here)

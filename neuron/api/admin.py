@@ -14,12 +14,13 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Blueprint, Request, Sanic, response
 
-from cortex.protocol.errors import ApiError, invalid
+from cortex.protocol.errors import ApiError, decode_body, invalid
 from cortex.protocol.fleet import Health, ModelSpec, UnloadRequest
 from cortex.protocol.openai.requests import ChatCompletionRequest, ChatMessage, Tool
 from neuron import __version__, ops
 from neuron.api.context import NeuronContext, context_of
 from neuron.api.inference import chat_prompt
+from neuron.chat.text import encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,7 @@ def _json(obj, status: int = 200):
 
 
 def _decode(request: Request, kind):
-    if not request.body:
-        raise invalid("the request body is empty: expected a JSON object")
-    try:
-        return msgspec.json.decode(request.body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise invalid(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise invalid(f"malformed JSON body: {exc}") from None
+    return decode_body(request.body, kind)
 
 
 @bp.get("/discovery")
@@ -176,7 +170,7 @@ async def tokenize(request: Request):
         )
         ids = (await asyncio.to_thread(chat_prompt, side, chat)).ids
     else:
-        ids = side.tokenizer.encode(req.prompt, add_special_tokens=False).ids
+        ids = await asyncio.to_thread(encode_prompt, side, req.prompt, param="prompt")
     return _json({"count": len(ids), "max_context": side.context_length})
 
 

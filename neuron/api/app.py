@@ -11,8 +11,10 @@ import msgspec
 from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 
-from cortex.protocol.errors import ApiError
+from cortex.protocol.auth import key_matches, presented_key
+from cortex.protocol.errors import ApiError, kind_of_status
 from cortex.protocol.fleet import ModelSpec
+from cortex.protocol.http import SERVER_CONFIG, DeadlineRequest
 from cortex.protocol.openai import errors as openai_errors
 from neuron import __version__, hardware
 from neuron.api import admin, inference
@@ -24,7 +26,7 @@ from neuron.engine.residency import HARNESSES, Residency
 log = logging.getLogger(__name__)
 
 HEALTH_REFRESH_SECS = 5.0
-_EXC_KIND = {400: "invalid_request", 401: "authentication", 403: "permission", 404: "not_found", 413: "too_large"}
+OPEN_ROUTES = ("/health", "/version")  # answered without the fleet key (liveness probes, version checks)
 
 
 def _error_response(err: ApiError):
@@ -90,18 +92,24 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
         metrics=NeuronMetrics(residency),
         restore_models=list(restore_models or []),
     )
-    app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False)
-    app.config.update(
-        {
-            "REQUEST_MAX_SIZE": 64 * 2**20,
-            "RESPONSE_TIMEOUT": 24 * 3600,
-            "REQUEST_TIMEOUT": 120,
-            "KEEP_ALIVE_TIMEOUT": 75,
-            "FALLBACK_ERROR_FORMAT": "json",
-        }
-    )
+    app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False, request_class=DeadlineRequest)
+    app.config.update({**SERVER_CONFIG, "REQUEST_MAX_SIZE": 64 * 2**20})
     app.blueprint(admin.bp)
     app.blueprint(inference.bp)
+    key = config.api_key
+
+    @app.on_request
+    async def check_fleet_key(request: Request):
+        if key is None or request.path in OPEN_ROUTES:
+            return None
+        presented = presented_key(request.headers)
+        if presented is None:
+            return _error_response(
+                ApiError("authentication", "this neuron needs the fleet key: Authorization: Bearer KEY (or x-api-key)")
+            )
+        if not key_matches(presented, [key]):
+            return _error_response(ApiError("permission", "the key presented is not this neuron's fleet key"))
+        return None
 
     @app.exception(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
@@ -110,7 +118,7 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
     @app.exception(SanicException)
     async def on_sanic_error(request: Request, exc: SanicException):
         status = getattr(exc, "status_code", 500) or 500
-        kind = _EXC_KIND.get(status, "internal" if status >= 500 else "invalid_request")
+        kind = kind_of_status(status)
         message = str(exc) or exc.__class__.__name__
         if status == 404:
             message = f"no route {request.method} {request.path}"

@@ -31,7 +31,7 @@ from cortex.protocol.openai.requests import (
 from neuron.api.context import context_of
 from neuron.api.sse import event, stream_events
 from neuron.chat.output import THINK_CLOSE, THINK_OPEN, TOOL_OPEN, Event, ToolCall
-from neuron.chat.text import TextSide
+from neuron.chat.text import TextSide, encode_prompt
 from neuron.engine.generation import GenerationRequest, Outcome, generate
 from neuron.engine.loaded import LoadedModel
 from neuron.engine.sampling import SamplingParams
@@ -101,7 +101,7 @@ def chat_prompt(lm: LoadedModel | TextSide, req: ChatCompletionRequest) -> ChatP
             text += THINK_CLOSE + "\n\n"
             in_reasoning = False
         text += forced
-    ids = lm.tokenizer.encode(text, add_special_tokens=False).ids
+    ids = encode_prompt(lm, text, param="messages")
     return ChatPrompt(ids, in_reasoning, forced)
 
 
@@ -115,7 +115,7 @@ def completion_prompt(lm: LoadedModel, req: CompletionRequest) -> list[int]:
     text = prompt[0] if isinstance(prompt, list) else prompt
     if not text:
         raise invalid("prompt must not be empty", param="prompt")
-    return lm.tokenizer.encode(text, add_special_tokens=False).ids
+    return encode_prompt(lm, text, param="prompt")
 
 
 def _sampling(lm: LoadedModel, req: SamplingFields) -> SamplingParams:

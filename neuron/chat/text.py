@@ -19,6 +19,30 @@ class TextSide:
     tokenizer: Tokenizer
     template: ChatTemplate
     context_length: int
+    longest_token_chars: int = 1
+
+
+def longest_token_chars(tokenizer: Tokenizer) -> int:
+    """The most characters one token of the vocabulary stands for. A text of N characters needs at
+    least N / this many tokens, so a prompt too long for the context is refused from its length
+    alone, before tokenizing it (a 50 MB prompt costs gigabytes of tokenizer memory)."""
+    return max(1, max((len(t) for t in tokenizer.get_vocab(with_added_tokens=True)), default=1))
+
+
+def encode_prompt(side, text: str, *, param: str) -> list[int]:
+    """``text``'s token ids; a text too long for ``side``'s context by its length alone is a 400
+    (``context_length_exceeded``) before any tokenizing. ``side`` is a :class:`TextSide` or a
+    resident model (both carry ``tokenizer``, ``context_length`` and ``longest_token_chars``)."""
+    context = side.context_length
+    if context and len(text) > context * side.longest_token_chars:
+        raise ApiError(
+            "invalid_request",
+            f"the prompt is {len(text)} characters: more than the model's context of {context} tokens can hold "
+            f"(a token stands for at most {side.longest_token_chars} characters)",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return side.tokenizer.encode(text, add_special_tokens=False).ids
 
 
 def load_tokenizer(model_id: str, model_dir: Path) -> Tokenizer:
@@ -32,4 +56,5 @@ def load_text_side(model_id: str, model_dir: Path) -> TextSide:
     cfg_path = model_dir / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     context = cfg.get("max_position_embeddings") or cfg.get("text_config", {}).get("max_position_embeddings") or 0
-    return TextSide(load_tokenizer(model_id, model_dir), ChatTemplate.from_model_dir(model_dir), int(context))
+    tokenizer = load_tokenizer(model_id, model_dir)
+    return TextSide(tokenizer, ChatTemplate.from_model_dir(model_dir), int(context), longest_token_chars(tokenizer))

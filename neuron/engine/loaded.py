@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from cortex.protocol.errors import ApiError
 from neuron import ops
 from neuron.chat.template import ChatTemplate
-from neuron.chat.text import load_tokenizer
+from neuron.chat.text import load_tokenizer, longest_token_chars
 from neuron.engine.admission import Admission
 from neuron.engine.sampling import Sampler, SamplingParams
 from neuron.engine.worker import DeviceWorker
@@ -163,6 +163,7 @@ class LoadedModel:
     memory_bytes: int
     admission: Admission
     load_secs: float
+    longest_token_chars: int = 1
     throughput: Throughput = field(default_factory=Throughput)
 
     @property
@@ -247,6 +248,7 @@ def load_model(
         memory_bytes=memory,
         admission=admission,
         load_secs=0.0,
+        longest_token_chars=longest_token_chars(tokenizer),
     )
     # One token through the whole stack: lazy kernel set-up happens now, not in a request.
     seq = loaded.start_sequence([0], 2, SamplingParams(temperature=0.0))

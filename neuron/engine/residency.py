@@ -29,6 +29,8 @@ from neuron.loading.safetensors import Checkpoint
 log = logging.getLogger(__name__)
 
 HARNESSES = ("torch",)
+FAILED_KEPT = 16  # failed loads listed in /models (the newest), so pollers and operators see why
+FAILED_KEPT_SECS = 600.0  # and for at most this long
 TEXT_SIDES_KEPT = 8
 HARNESS_ALIASES = ("torch", "candle")  # the earlier engine's name is accepted as the same engine
 GPU_FOOTPRINT_DTYPE = torch.bfloat16
@@ -45,6 +47,7 @@ class Entry:
     loaded: LoadedModel | None = None
     task: asyncio.Task | None = None
     started: float = field(default_factory=time.monotonic)
+    failed_at: float | None = None
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -199,6 +202,21 @@ class Residency:
             log.exception("loading %s failed", model_id)
             entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
             entry.failure = ApiError("internal", f"loading {model_id!r} failed: {type(exc).__name__}: {exc}")
+        if entry.status == "failed":
+            entry.failed_at = time.monotonic()
+            self._forget_old_failures()
+
+    def _forget_old_failures(self) -> None:
+        """Keeps the newest :data:`FAILED_KEPT` failed loads, none older than
+        :data:`FAILED_KEPT_SECS`: enough to say why a load failed, never a list that grows with
+        every bad load anyone asks for."""
+        now = time.monotonic()
+        failed = sorted(
+            ((e.failed_at or now, m) for m, e in self.entries.items() if e.status == "failed"), reverse=True
+        )
+        for rank, (at, model_id) in enumerate(failed):
+            if rank >= FAILED_KEPT or now - at > FAILED_KEPT_SECS:
+                del self.entries[model_id]
 
     async def wait_loaded(self, entry: Entry) -> None:
         """Waits for a load; raises its failure (with its own status) when it failed."""
@@ -211,6 +229,9 @@ class Residency:
         entry = self.entries.get(model_id)
         if entry is None or entry.status == "unloading":
             raise ApiError("not_found", f"model {model_id!r} is not loaded", param="model_id")
+        if entry.status == "failed":  # nothing to unload; the failure is forgotten
+            del self.entries[model_id]
+            raise ApiError("not_found", f"model {model_id!r} is not loaded (its load failed)", param="model_id")
         if entry.status == "loading" and entry.task is not None:
             await asyncio.shield(entry.task)
         entry.status = "unloading"
@@ -296,6 +317,7 @@ class Residency:
         ]
 
     def infos(self) -> list[ModelInfo]:
+        self._forget_old_failures()
         out = []
         for model_id, e in self.entries.items():
             lm = e.loaded
@@ -310,6 +332,7 @@ class Residency:
                     context_length=lm.context_length if lm is not None else None,
                     load_progress=round(e.progress, 3),
                     error=e.error,
+                    error_status=e.failure.status if e.failure is not None else None,
                 )
             )
         return out

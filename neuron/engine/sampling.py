@@ -4,6 +4,12 @@ generator per request (same seed, same output) and argmax at temperature 0.
 Order, as in transformers and vLLM: repetition penalty (prompt and output tokens), presence and
 frequency penalties (output tokens), temperature, then the truncations, then sampling.
 Runs on the device's worker thread; tensors never reach the event loop.
+
+Total over every value the API accepts and any logits: temperatures below ``GREEDY_BELOW`` are
+argmax; the temperature divides logits minus their max, so nothing overflows and the best token
+has mass; a penalised finite logit stays finite; NaN counts as -inf; the most likely token
+survives every truncation. So ``torch.multinomial`` always gets a valid distribution (on CUDA a
+bad one is a device-side assert, not an exception), without a sync or a per-token Python loop.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ import secrets
 from dataclasses import dataclass
 
 import torch
+
+GREEDY_BELOW = 1e-5  # temperatures under this are argmax, as in vLLM (_SAMPLING_EPS)
+F32_MAX = torch.finfo(torch.float32).max
+INF = float("inf")
 
 
 @dataclass(frozen=True)
@@ -27,7 +37,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        """Argmax: at temperature 0 and below GREEDY_BELOW (and for a NaN temperature), where
+        sampling is argmax but for exact ties and the division overflows for large logits."""
+        return not self.temperature >= GREEDY_BELOW
 
 
 class Sampler:
@@ -59,23 +71,32 @@ class Sampler:
         logits = logits.float()
         if self.seen is not None:
             penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-            logits = torch.where(self.seen, penalised, logits)
+            # a tiny penalty overflows the division (or is 0 in float32: -inf * 0 is NaN): a finite logit
+            # stays finite, and ±inf stay as they are
+            penalised = penalised.clamp_(-F32_MAX, F32_MAX)
+            logits = torch.where(self.seen & torch.isfinite(logits), penalised, logits)
         if self.counts is not None:
             logits = logits - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0).float()
+        logits = logits.nan_to_num(nan=-INF, posinf=INF, neginf=-INF)  # a NaN logit is never chosen
         if p.greedy:
             return int(torch.argmax(logits))
-        logits = logits / p.temperature
+        # Subtracting the max first keeps the division from overflowing: every scaled logit is <= 0 and
+        # the best are exactly 0, so the softmax below always has mass. When the max is ±inf the
+        # subtraction gives NaN for the tokens that equal it; they become 0 (the only candidates).
+        scaled = ((logits - logits.max()) / p.temperature).nan_to_num_(nan=0.0, posinf=INF, neginf=-INF)
         ids = None
-        if 0 < p.top_k < logits.shape[0]:  # work on the k best only: no full-vocabulary sort per token
-            logits, ids = torch.topk(logits, p.top_k)
-        probs = torch.softmax(logits, dim=-1)
+        if 0 < p.top_k < scaled.shape[0]:  # work on the k best only: no full-vocabulary sort per token
+            scaled, ids = torch.topk(scaled, p.top_k)
+        probs = torch.softmax(scaled, dim=-1)
         if p.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
-            # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays)
+            # keep the smallest prefix whose mass reaches top_p (the token that crosses it stays), and
+            # always the most likely token (a top_p that is 0 in float32 would drop them all)
             drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p.top_p
+            drop[0] = False
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        if p.min_p > 0.0:
-            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        if p.min_p > 0.0:  # min(…, 1): the most likely token always stays
+            probs = probs.masked_fill(probs < min(p.min_p, 1.0) * probs.max(), 0.0)
         choice = int(torch.multinomial(probs, 1, generator=self.generator))
         return choice if ids is None else int(ids[choice])

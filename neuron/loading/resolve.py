@@ -13,15 +13,24 @@ from cortex.protocol.errors import ApiError, invalid
 
 log = logging.getLogger(__name__)
 
+MAX_ID_PART_CHARS = 96  # the hub's own limit for an org or a repo name; keeps every cache path short
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
 
 
 def check_model_id(model_id: str) -> str:
     if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
+        shown = model_id if len(model_id) <= 2 * MAX_ID_PART_CHARS else model_id[: 2 * MAX_ID_PART_CHARS] + "…"
         raise invalid(
-            f"model id {model_id!r} is not a valid id: expected 'org/name' or 'name' "
+            f"model id {shown!r} is not a valid id: expected 'org/name' or 'name' "
             "(letters, digits, '.', '_', '-'), never a filesystem path",
+            param="model_id",
+        )
+    longest = max(len(part) for part in model_id.split("/"))
+    if longest > MAX_ID_PART_CHARS:
+        raise invalid(
+            f"model id {model_id[: 2 * MAX_ID_PART_CHARS]!r}… is too long: an org or a name has at most "
+            f"{MAX_ID_PART_CHARS} characters (this one has {longest})",
             param="model_id",
         )
     return model_id

@@ -166,20 +166,53 @@ def running_neuron(model_root, tmp_path_factory) -> Iterator[NeuronProcess]:
         server.stop()
 
 
+def launch_gateway(
+    work: Path,
+    endpoints: dict[str, str],
+    *,
+    models: list[dict] | None = None,
+    aliases: dict[str, str] | None = None,
+    extra: str = "",
+    gateway: dict | None = None,
+    poll_secs: float = 0.3,
+    neuron_keys: dict[str, str] | None = None,
+    want_healthy: int | None = None,
+) -> FleetUnderTest:
+    """A real ``cortex serve`` in ``work`` in front of ``endpoints`` (neuron name -> URL), polled
+    until ``want_healthy`` neurons (default: all) are up."""
+    (work / "models.toml").write_text(catalogue_toml(models or [], aliases))
+    port, mport = free_port(), free_port()
+    lines = ['models_config = "models.toml"', "[gateway]", f'listen = "127.0.0.1:{port}"']
+    lines += [f'metrics_listen = "127.0.0.1:{mport}"', f"poll_interval_secs = {poll_secs}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in (gateway or {}).items()]
+    for name, url in endpoints.items():
+        lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']
+        if name in (neuron_keys or {}):
+            lines.append(f"api_key = {json.dumps(neuron_keys[name])}")
+    cfg = work / "cortex.toml"
+    cfg.write_text("\n".join(lines) + "\n" + extra + "\n")
+    proc = ServiceProcess(
+        [sys.executable, "-m", "cortex.cli", "serve", "--config", str(cfg)],
+        f"http://127.0.0.1:{port}",
+        work / "cortex.log",
+        work,
+    )
+    want = len(endpoints) if want_healthy is None else want_healthy
+    try:
+        proc.wait_http("/health", lambda h: h["nodes"]["healthy"] == want, 30, what="polling its neurons")
+    except BaseException:
+        proc.stop()
+        raise
+    return FleetUnderTest(proc, f"http://127.0.0.1:{mport}/metrics", {})
+
+
 @pytest.fixture
 def start_fleet(tmp_path) -> Iterator[Callable[..., FleetUnderTest]]:
+    """Starts neuron test doubles (``neurons``: name -> their spec) and a gateway in front of them
+    and of any real ``endpoints``."""
     started: list[ServiceProcess] = []
 
-    def start(
-        neurons: dict[str, dict],
-        *,
-        models: list[dict] | None = None,
-        aliases: dict[str, str] | None = None,
-        extra: str = "",
-        gateway: dict | None = None,
-        poll_secs: float = 0.3,
-        endpoints: dict[str, str] | None = None,
-    ) -> FleetUnderTest:
+    def start(neurons: dict[str, dict], *, endpoints: dict[str, str] | None = None, **gateway) -> FleetUnderTest:
         fakes = {}
         for name, spec in neurons.items():
             port = free_port()
@@ -188,28 +221,26 @@ def start_fleet(tmp_path) -> Iterator[Callable[..., FleetUnderTest]]:
             started.append(fakes[name])
         for fake in fakes.values():
             fake.wait_http("/discovery", lambda d: True, 30)
-        (tmp_path / "models.toml").write_text(catalogue_toml(models or [], aliases))
-        port, mport = free_port(), free_port()
-        lines = ['models_config = "models.toml"', "[gateway]", f'listen = "127.0.0.1:{port}"']
-        lines += [f'metrics_listen = "127.0.0.1:{mport}"', f"poll_interval_secs = {poll_secs}"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in (gateway or {}).items()]
-        for name, fake in fakes.items():
-            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{fake.url}"']
-        for name, url in (endpoints or {}).items():
-            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{url}"']
-        cfg = tmp_path / "cortex.toml"
-        cfg.write_text("\n".join(lines) + "\n" + extra + "\n")
-        gateway = ServiceProcess(
-            [sys.executable, "-m", "cortex.cli", "serve", "--config", str(cfg)],
-            f"http://127.0.0.1:{port}",
-            tmp_path / "cortex.log",
-            tmp_path,
-        )
-        started.append(gateway)
-        want = len(fakes) + len(endpoints or {})
-        gateway.wait_http("/health", lambda h: h["nodes"]["healthy"] == want, 30, what="polling its neurons")
-        return FleetUnderTest(gateway, f"http://127.0.0.1:{mport}/metrics", fakes)
+        urls = {name: fake.url for name, fake in fakes.items()} | (endpoints or {})
+        fleet = launch_gateway(tmp_path, urls, **gateway)
+        started.append(fleet.gateway)
+        fleet.neurons = fakes
+        return fleet
 
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def real_fleet_module(running_neuron, tmp_path_factory) -> Iterator[FleetUnderTest]:
+    """A gateway in front of this module's real neuron, with the demo model in its catalogue."""
+    fleet = launch_gateway(
+        tmp_path_factory.mktemp("gateway"),
+        {"real": running_neuron.url},
+        models=[{"id": "helexa/demo", "min_devices": 0}],
+    )
+    try:
+        yield fleet
+    finally:
+        fleet.gateway.stop()

@@ -88,9 +88,14 @@ class NeuronProcess(ServiceProcess):
         self.wait_http("/health", loaded, deadline_secs, what="loaded")
 
 
-def write_config(path: Path, port: int, root: Path, defaults: list[str], **admission: int | float) -> Path:
+def write_config(
+    path: Path, port: int, root: Path, defaults: list[str], *, top: dict | None = None, **admission: int | float
+) -> Path:
+    """A neuron.toml: these ports, roots and default models, float32 on the CPU, ``top`` keys
+    (e.g. ``api_key``) and the ``[admission]`` keys given."""
     lines = [f"port = {port}", 'host = "127.0.0.1"', f'model_roots = ["{root}"]', "allow_download = false"]
     lines.append('cpu_dtype = "float32"')
+    lines += [f"{k} = {json.dumps(v)}" for k, v in (top or {}).items()]
     if admission:
         lines.append("[admission]")
         lines += [f"{k} = {v}" for k, v in admission.items()]

@@ -272,7 +272,7 @@ def test_legacy_completions_plain_streamed_and_echoed(client):
         (b'{"model": 5, "messages": []}', 400, "model"),
         (b'{"model": "test/plain", "messages": "hi"}', 400, "messages"),
         (b'{"model": "test/plain", "messages": []}', 400, "messages"),
-        (b'{"model": "test/plain", "messages": [{"content": "x"}]}', 400, "messages[0]"),
+        (b'{"model": "test/plain", "messages": [{"content": "x"}]}', 400, "messages[0].role"),
         (
             b'{"model": "test/plain", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
             400,
@@ -478,3 +478,40 @@ def test_metrics_scrape_parses_and_reports_the_models(http, client):
     assert requests.get("test/plain", 0) >= 1
     decode = {s.labels["model"]: s.value for s in families["neuron_decode_tokens_per_second"].samples}
     assert decode["test/plain"] > 0
+
+
+# --- fields accepted by OpenAI that the neuron cannot honour yet ---------------------------
+
+
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [
+        ("chat", {"logprobs": True}, "logprobs"),
+        ("chat", {"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ("chat", {"top_logprobs": 2}, "top_logprobs"),
+        ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
+        ("chat", {"response_format": JSON_SCHEMA}, "response_format"),
+        ("completions", {"logprobs": 1}, "logprobs"),
+        ("completions", {"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_and_structured_output_are_refused_naming_the_field(client, route, fields, param, stream):
+    with pytest.raises(openai.BadRequestError) as err:
+        if route == "chat":
+            client.chat.completions.create(model="test/plain", messages=USER, stream=stream, **fields)
+        else:
+            client.completions.create(model="test/plain", prompt="The weather", stream=stream, **fields)
+    assert err.value.status_code == 400 and err.value.param == param
+    assert "not supported yet" in err.value.message and param in err.value.message
+
+
+def test_the_accepted_forms_of_those_fields_still_generate(client):
+    out = client.chat.completions.create(
+        model="test/plain", messages=USER, logprobs=False, response_format={"type": "text"}
+    )
+    assert out.choices[0].message.content == "Hello there! How can I help?"
+    assert out.choices[0].logprobs is None

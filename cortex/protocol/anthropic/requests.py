@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from cortex.protocol.errors import invalid, invalid_field
+from cortex.protocol.errors import decode_body, invalid
 
 
 class Base64Source(msgspec.Struct, tag="base64", tag_field="type", kw_only=True):
@@ -134,14 +134,7 @@ def _bad_block(where: str, value: str) -> str | None:
 
 def decode(body: bytes, kind: type[Conversation]) -> Any:
     """Decodes a request body; a malformed body or a wrong field is a 400 that names the field."""
-    if not body:
-        raise invalid("the request body is empty: expected a JSON object")
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc, _bad_block) from None
-    except msgspec.DecodeError as exc:
-        raise invalid(f"malformed JSON body: {exc}") from None
+    return decode_body(body, kind, _bad_block)
 
 
 def _range(value: float | None, name: str, lo: float, hi: float) -> None:

@@ -1,17 +1,18 @@
 """OpenAI chat and legacy completion requests as msgspec structs, plus range checks.
 
 Decoding checks types (``msgspec`` names the field that is wrong); :func:`check_sampling` and
-friends check values. Unknown fields are accepted and ignored, as OpenAI-compatible servers do.
+friends check values. Unknown fields are accepted and ignored, as OpenAI-compatible servers do,
+except those a client relies on for the shape of the answer (``logprobs``, ``top_logprobs``,
+``response_format``): they decode whatever their type and are a 400 naming them until they work.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
 
-from cortex.protocol.errors import ApiError, invalid
+from cortex.protocol.errors import ApiError, decode_body, invalid
 
 
 class FunctionCall(msgspec.Struct, kw_only=True):
@@ -84,35 +85,29 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    logprobs: Any = None  # not supported yet: refused by check_chat unless false or null
+    top_logprobs: Any = None  # not supported yet: refused by check_chat unless null
+    response_format: Any = None  # only {"type": "text"} (or null) until structured output exists
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: str | list[Any]  # a string, [string], or token ids
     echo: bool = False
     suffix: str | None = None
-
-
-_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+    logprobs: Any = None  # an integer in this dialect; not supported yet, refused unless null
+    response_format: Any = None  # beyond OpenAI (vLLM takes it here too): only {"type": "text"} or null
 
 
 def decode_request(body: bytes, kind: type[msgspec.Struct]) -> Any:
     """Decodes a JSON body into ``kind``; a malformed body or a wrong field type is a 400 naming it."""
-    if not body:
-        raise invalid("the request body is empty: expected a JSON object")
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _FIELD_RE.search(text)
-        param = match.group(1) if match else None
-        raise invalid(f"invalid request: {text}", param=param) from None
-    except msgspec.DecodeError as exc:
-        raise invalid(f"malformed JSON body: {exc}") from None
+    return decode_body(body, kind)
 
 
 def _range(value: float | None, name: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
     if value is None:
         return
+    if not -float("inf") < value < float("inf"):  # NaN or ±inf (JSON 1e999 is inf to some decoders)
+        raise invalid(f"{name} must be a finite number, got {value}", param=name)
     ok = (value > lo if lo_open else value >= lo) and value <= hi
     if not ok:
         bracket = "(" if lo_open else "["
@@ -142,8 +137,32 @@ def check_sampling(req: SamplingFields) -> None:
         raise invalid("stop strings must be non-empty", param="stop")
 
 
+def _check_response_format(value: Any) -> None:
+    if value is None or (isinstance(value, dict) and value.get("type") == "text"):
+        return
+    kind = value.get("type") if isinstance(value, dict) else None
+    what = f"type {kind!r} (structured output)" if isinstance(kind, str) else repr(value)
+    raise invalid(
+        f'response_format {what} is not supported yet; only {{"type": "text"}} (or leaving it out) is accepted',
+        param="response_format",
+    )
+
+
+def _check_chat_logprobs(req: ChatCompletionRequest) -> None:
+    if req.logprobs is not None and req.logprobs is not False:
+        got = "" if req.logprobs is True else f" (and it takes true or false, got {req.logprobs!r})"
+        raise invalid(f"logprobs is not supported yet{got}; send logprobs: false or leave it out", param="logprobs")
+    if req.top_logprobs is not None:
+        raise invalid(
+            f"top_logprobs is not supported yet (got {req.top_logprobs!r}); leave it out or send null",
+            param="top_logprobs",
+        )
+
+
 def check_chat(req: ChatCompletionRequest) -> None:
     check_sampling(req)
+    _check_chat_logprobs(req)
+    _check_response_format(req.response_format)
     if not req.messages:
         raise invalid("messages must be a non-empty list", param="messages")
     if req.max_completion_tokens is not None and req.max_completion_tokens < 0:
@@ -197,6 +216,11 @@ def check_tool_choice(req: ChatCompletionRequest) -> None:
 
 def check_completion(req: CompletionRequest) -> None:
     check_sampling(req)
+    if req.logprobs is not None and req.logprobs is not False:
+        raise invalid(
+            f"logprobs is not supported yet (got {req.logprobs!r}); leave it out or send null", param="logprobs"
+        )
+    _check_response_format(req.response_format)
     if req.suffix:
         raise invalid("suffix (fill-in-the-middle) is not supported", param="suffix")
     prompt = req.prompt

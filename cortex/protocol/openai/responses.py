@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from cortex.protocol.errors import invalid, invalid_field
+from cortex.protocol.errors import decode_body, invalid, invalid_field
 
 
 class InputText(msgspec.Struct, tag="input_text", tag_field="type", kw_only=True):
@@ -160,12 +160,7 @@ def _untyped_messages(raw: Any) -> None:
 
 def decode(body: bytes) -> ResponsesRequest:
     """Decodes a request body; a malformed body or a wrong field is a 400 that names the field."""
-    if not body:
-        raise invalid("the request body is empty: expected a JSON object")
-    try:
-        raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise invalid(f"malformed JSON body: {exc}") from None
+    raw = decode_body(body)
     _untyped_messages(raw)
     try:
         return msgspec.convert(raw, ResponsesRequest)

@@ -459,6 +459,7 @@ def test_decode_names_the_bad_field(body, message, param):
         ({"reasoning": {"effort": "huge"}}, "reasoning.effort: 'huge' is not one of", "reasoning.effort"),
         ({"reasoning": {"summary": "all"}}, "reasoning.summary: 'all' is not one of", "reasoning.summary"),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "'json_schema'", "text.format.type"),
+        ({"text": {"format": {"type": "json_object"}}}, "'json_object' (structured output)", "text.format.type"),
     ],
 )
 def test_check_rejects(fields, message, param):

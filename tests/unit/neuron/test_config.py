@@ -65,3 +65,16 @@ def test_a_bad_restore_variable_is_one_line_naming_it(text):
         restore_models({RESTORE_MODELS_ENV: text})
     assert str(err.value).startswith(f"{RESTORE_MODELS_ENV} (environment): expected a JSON list of load specs")
     assert "\n" not in str(err.value)
+
+
+def test_the_fleet_key_comes_from_the_file_or_neuron_api_key(tmp_path):
+    assert load_neuron_config(None, env={}).api_key is None
+    assert load_neuron_config(None, env={"NEURON_API_KEY": "k-123"}).api_key == "k-123"
+    cfg = tmp_path / "neuron.toml"
+    cfg.write_text('api_key = "from-file"\n')
+    assert load_neuron_config(cfg, env={}).api_key == "from-file"
+    assert load_neuron_config(cfg, env={"NEURON_API_KEY": "from-env"}).api_key == "from-env"
+    cfg.write_text('api_key = " spaced "\n')
+    with pytest.raises(ConfigError) as err:
+        load_neuron_config(cfg, env={})
+    assert str(err.value) == f"{cfg}: api_key: expected a non-empty key without surrounding spaces"
