@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cortex.config import Catalogue, CortexConfig, EvictionSection, GatewaySection, ModelProfile, NeuronEntry
+from cortex.fleet.neurons import NeuronUnreachable
 from cortex.fleet.poller import poll_forever, poll_once
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import Fleet
@@ -60,6 +61,9 @@ class SimNeuron:
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
     restarts: int = 0
+    served: int = 0
+    dead: bool = False  # answers nothing (the process died): every call is unreachable
+    calls: dict[str, int] = field(default_factory=dict)  # calls the scheduler made, by method
 
     def used(self) -> int:
         return self.mb * sum(1 for s in self.status.values() if s in ("loading", "loaded"))
@@ -68,6 +72,7 @@ class SimNeuron:
         if self.status.get(model) != "loaded":  # the scheduler sent a request to a model not loaded
             raise RuntimeError(f"{model} served while {self.status.get(model)}")
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
+        self.served += 1
         try:
             async with self.locks.setdefault(model, asyncio.Lock()):
                 await asyncio.sleep(self.serve_secs)
@@ -81,11 +86,15 @@ class SimClient:
     def __init__(self, neurons: dict[str, SimNeuron]) -> None:
         self.neurons = neurons
 
-    def _n(self, base: str) -> SimNeuron:
-        return self.neurons[base.removeprefix("http://")]
+    def _n(self, base: str, call: str = "") -> SimNeuron:
+        n = self.neurons[base.removeprefix("http://")]
+        n.calls[call] = n.calls.get(call, 0) + 1
+        if n.dead:
+            raise NeuronUnreachable(f"{base}: connection refused")
+        return n
 
     async def discovery(self, base: str) -> Discovery:
-        n = self._n(base)
+        n = self._n(base, "discovery")
         return Discovery(
             hostname=base,
             os="Linux",
@@ -99,7 +108,7 @@ class SimClient:
         )
 
     async def health(self, base: str) -> Health:
-        n = self._n(base)
+        n = self._n(base, "health")
         return Health(
             uptime_secs=1.0,
             devices=[
@@ -112,7 +121,7 @@ class SimClient:
         )
 
     async def models(self, base: str) -> list[ModelInfo]:
-        n = self._n(base)
+        n = self._n(base, "models")
         return [
             ModelInfo(
                 id=m,
@@ -129,14 +138,16 @@ class SimClient:
         ]
 
     async def endpoint(self, base: str, model: str) -> str:
+        self._n(base, "endpoint")
+        await asyncio.sleep(0)  # a real call yields to the loop before it answers
         return base
 
     async def footprint(self, base: str, model: str) -> tuple[int, int]:
-        n = self._n(base)
+        n = self._n(base, "footprint")
         return n.mb, n.mb
 
     async def load(self, base: str, spec: ModelSpec) -> None:
-        n = self._n(base)
+        n = self._n(base, "load")
         model = spec.model_id
         if n.status.get(model) in ("loading", "loaded"):
             return
@@ -152,7 +163,7 @@ class SimClient:
         asyncio.get_running_loop().create_task(finish())
 
     async def unload(self, base: str, model: str) -> None:
-        n = self._n(base)
+        n = self._n(base, "unload")
         if model not in n.status:
             raise ApiError("not_found", f"{model} is not loaded")
         while n.in_flight.get(model, 0):
@@ -162,7 +173,7 @@ class SimClient:
         n.unloads.append(model)
 
     async def restart(self, base: str) -> None:
-        n = self._n(base)
+        n = self._n(base, "restart")
         n.restarts += 1
 
 
@@ -198,8 +209,7 @@ async def started_scheduler(fleet: Fleet, client: SimClient) -> Scheduler:
 async def request(scheduler: Scheduler, neurons: dict[str, SimNeuron], model: str) -> float:
     """One request through routing and the simulated neuron; returns its latency."""
     t0 = time.monotonic()
-    route = await scheduler.route(model)
-    scheduler.request_started(route.node, model)
+    route = await scheduler.route(model)  # counted as started on route.node
     try:
         await neurons[route.node.name].serve(model)
     finally:

@@ -96,7 +96,11 @@ class GatewayError(Exception):
     pass
 
 
-def _call(endpoint: str, path: str, body: dict | None = None, timeout: float = 30.0) -> dict:
+def _call(
+    endpoint: str, path: str, body: dict | None = None, timeout: float | None = 30.0, *, accept: tuple[int, ...] = ()
+) -> dict:
+    """The gateway's JSON answer; an error status raises GatewayError with its message, unless it
+    is one of ``accept`` (whose body is the answer, as for /health's 503)."""
     from cortex.config import client_api_key
 
     headers = {"content-type": "application/json"}
@@ -111,8 +115,11 @@ def _call(endpoint: str, path: str, body: dict | None = None, timeout: float = 3
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as exc:
+        data = exc.read()
+        if exc.code in accept:
+            return json.loads(data)
         try:
-            message = json.loads(exc.read())["error"]["message"]
+            message = json.loads(data)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
         raise GatewayError(f"{exc.code}: {message}") from None
@@ -121,7 +128,8 @@ def _call(endpoint: str, path: str, body: dict | None = None, timeout: float = 3
 
 
 def _status(args: argparse.Namespace) -> int:
-    health = _call(args.endpoint, "/health")
+    """Fleet health and models; exit 1 when the fleet is down (no neuron answers)."""
+    health = _call(args.endpoint, "/health", accept=(503,))
     models = _call(args.endpoint, "/v1/models")["data"]
     nodes = health["nodes"]
     print(f"fleet {health['status']}: {nodes['healthy']}/{nodes['total']} neurons up")
@@ -129,7 +137,7 @@ def _status(args: argparse.Namespace) -> int:
         where = ", ".join(f"{loc['node']} ({loc['status']})" for loc in m["locations"]) or "-"
         alias = f" -> {m['alias_of']}" if "alias_of" in m else ""
         print(f"  {m['id']}{alias}: {m['status']}  [{where}]")
-    return 0
+    return RUNTIME_ERROR if health["status"] == "down" else 0
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -162,7 +170,7 @@ def _ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(endpoint: str, model: str, started: float) -> tuple[str, float | None]:
+def _progress(endpoint: str, model: str) -> tuple[str, float | None]:
     for node in _call(endpoint, "/admin/fleet")["nodes"]:
         for m in node["models"]:
             if m["id"] == model:
@@ -171,26 +179,46 @@ def _progress(endpoint: str, model: str, started: float) -> tuple[str, float | N
 
 
 def _load(args: argparse.Namespace) -> int:
-    body = {"model": args.model, "wait": False}
+    """Asks for the load and waits for its answer (which says why, when it fails) on a thread,
+    showing the load's progress from /admin/fleet meanwhile."""
+    import threading
+
+    body = {"model": args.model, "wait": True}
     if args.node:
         body["node"] = args.node
     started = time.monotonic()
-    answer = _call(args.endpoint, "/admin/models/load", body)
-    model = answer.get("model", args.model)
+    outcome: dict = {}
+
+    def ask() -> None:
+        try:
+            outcome["answer"] = _call(args.endpoint, "/admin/models/load", body, timeout=None)
+        except GatewayError as exc:
+            outcome["error"] = exc
+
+    asking = threading.Thread(target=ask, name="load", daemon=True)
+    asking.start()
     tty = sys.stderr.isatty()
-    while answer.get("status") != "loaded":
-        status, progress = _progress(args.endpoint, model, started)
-        if status == "loaded":
+    shown = False
+    while True:
+        asking.join(timeout=0.5 if tty else 5)
+        if not asking.is_alive():
             break
-        if status == "failed":
-            raise GatewayError(f"loading {model} failed (see cortex ps and the neuron log)")
+        try:
+            status, progress = _progress(args.endpoint, args.model)
+        except GatewayError:
+            continue  # the answer of the load itself says what went wrong
         bar = "#" * int(30 * (progress or 0))
-        line = f"loading {model}: [{bar:<30}] {100 * (progress or 0):3.0f}%  {time.monotonic() - started:5.0f} s"
+        line = f"{status} {args.model}: [{bar:<30}] {100 * (progress or 0):3.0f}%  {time.monotonic() - started:5.0f} s"
         print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-        time.sleep(0.5 if tty else 5)
-    if tty:
+        shown = True
+    if tty and shown:
         print(file=sys.stderr)
-    print(f"{model} loaded in {time.monotonic() - started:.1f} s")
+    if "error" in outcome:
+        raise GatewayError(f"loading {args.model} failed: {outcome['error']}")
+    answer = outcome["answer"]
+    print(
+        f"{answer.get('model', args.model)} loaded on {answer.get('node', '?')} in {time.monotonic() - started:.1f} s"
+    )
     return 0
 
 

@@ -1,6 +1,8 @@
 """The gateway's Prometheus metrics (contracts §5) on a registry of its own, with buckets chosen
-per quantity, fleet gauges read at scrape time, served by ``start_http_server`` on its own
-listener. Label values come from the fleet and the catalogue only, never from a client."""
+per quantity, fleet gauges read at scrape time, served on ``gateway.metrics_listen`` by a
+listener on the gateway's own event loop (so a scrape reads fleet state between its changes).
+Label values come from the fleet and the catalogue only, never from a client. Memory is in bytes
+(``_bytes``); the contract's ``_mb`` gauges stay beside them."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
 TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 LOAD_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
+MIB = 2**20
 
 
 class _FleetGauges(Collector):
@@ -25,16 +28,29 @@ class _FleetGauges(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("cortex_node_up", "1 when the neuron answers its polls", labels=["node"])
-        used = GaugeMetricFamily("cortex_device_vram_used_mb", "Device memory in use", labels=["node", "device"])
-        free = GaugeMetricFamily("cortex_device_vram_free_mb", "Device memory free", labels=["node", "device"])
+        nd = ["node", "device"]
+        used = GaugeMetricFamily("cortex_device_vram_used_bytes", "Device memory in use", labels=nd)
+        free = GaugeMetricFamily("cortex_device_vram_free_bytes", "Device memory free", labels=nd)
+        # the contract's names (contracts §5), kept beside the base-unit ones
+        used_mb = GaugeMetricFamily("cortex_device_vram_used_mb", "Device memory in use (MiB; see _bytes)", labels=nd)
+        free_mb = GaugeMetricFamily("cortex_device_vram_free_mb", "Device memory free (MiB; see _bytes)", labels=nd)
+        host = GaugeMetricFamily(
+            "cortex_host_memory_free_bytes", "Host memory free for CPU models on the neuron", labels=["node"]
+        )
         loaded = GaugeMetricFamily("cortex_models_loaded", "Models resident on the neuron", labels=["node"])
-        for node in list(self.fleet.nodes.values()):
+        for node in self.fleet.nodes.values():  # on the event loop, as everything that changes them
             up.add_metric([node.name], 1.0 if node.up else 0.0)
             loaded.add_metric([node.name], sum(1 for m in node.models.values() if m.status == "loaded"))
-            for d in node.health.devices if node.health else []:
-                used.add_metric([node.name, str(d.index)], d.vram_used_mb)
-                free.add_metric([node.name, str(d.index)], d.vram_free_mb)
-        yield from (up, used, free, loaded)
+            if node.health is None:
+                continue
+            host.add_metric([node.name], node.health.memory_free_mb * MIB)
+            for d in node.health.devices:
+                labels = [node.name, str(d.index)]
+                used.add_metric(labels, d.vram_used_mb * MIB)
+                free.add_metric(labels, d.vram_free_mb * MIB)
+                used_mb.add_metric(labels, d.vram_used_mb)
+                free_mb.add_metric(labels, d.vram_free_mb)
+        yield from (up, used, free, used_mb, free_mb, host, loaded)
 
 
 class GatewayMetrics:

@@ -14,7 +14,7 @@ import msgspec
 
 from cortex.protocol.auth import key_headers
 from cortex.protocol.errors import ApiError, kind_of_status
-from cortex.protocol.fleet import Discovery, Health, ModelInfo, ModelSpec
+from cortex.protocol.fleet import Discovery, Endpoint, Footprint, Health, ModelInfo, ModelSpec, TokenCount
 
 TOKENIZE_TIMEOUT_SECS = 30.0  # a first count reads the tokenizer files; long prompts take a while
 
@@ -77,34 +77,26 @@ class NeuronClient:
         return await self._get(base, "/models", list[ModelInfo])
 
     async def endpoint(self, base: str, model: str) -> str:
-        class Endpoint(msgspec.Struct):
-            url: str
-
         answer = await self._get(base, f"/models/{quote(model, safe='')}/endpoint", Endpoint)
         return answer.url.rstrip("/")
 
     async def load(self, base: str, spec: ModelSpec) -> None:
-        """Loads and waits until resident; raises ApiError with the neuron's status and message."""
+        """Asks the neuron to load ``spec``: with ``wait: false`` it answers at once and loads in the
+        background (the gateway then follows ``/models``), else once resident. Raises ApiError
+        with the neuron's status and message."""
         await self._post(base, "/models/load", msgspec.json.encode(spec), self.load_timeout)
 
     async def tokenize(self, base: str, body: bytes) -> int:
         """The prompt's token count (neuron ``/tokenize``); raises ApiError with the neuron's status."""
 
-        class Count(msgspec.Struct):
-            count: int
-
         answer = await self._post(base, "/tokenize", body, self.tokenize_timeout)
         try:
-            return msgspec.json.decode(answer, type=Count).count
+            return msgspec.json.decode(answer, type=TokenCount).count
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise NeuronUnreachable(f"{base}/tokenize: malformed answer: {exc}") from None
 
     async def footprint(self, base: str, model: str) -> tuple[int, int]:
         """The neuron's estimate of what ``model`` needs there, from its weight files: (CPU MB, GPU MB)."""
-
-        class Footprint(msgspec.Struct):
-            cpu_mb: int
-            gpu_mb: int
 
         try:
             async with self.session.get(

@@ -3,7 +3,7 @@
 A request for a model that is resident goes to the replica with the fewest in-flight requests at
 once; it never waits behind another model's load. A request for a cold model joins that model's
 queue; every queued request of one model is served by one load. A planner task looks at the
-queues whenever something changes (a request arrives or ends, a load finishes, a poll lands)
+queues whenever something changes (a request arrives or ends, a load finishes, a neuron fails)
 and on a short tick, and asks :mod:`cortex.fleet.placement` where the oldest queue's model goes:
 
 - it fits somewhere now → load it there (``wait: false``, progress polled);
@@ -30,7 +30,7 @@ from typing import Protocol
 from cortex.config import EvictionSection, ModelProfile
 from cortex.fleet import placement
 from cortex.fleet.neurons import NeuronClient, NeuronUnreachable
-from cortex.fleet.state import Fleet, Node, feasible
+from cortex.fleet.state import Busy, Fleet, Node, Operation, feasible
 from cortex.protocol.errors import ApiError, kind_of_status
 from cortex.protocol.fleet import ModelSpec
 
@@ -40,6 +40,10 @@ RETRY_AFTER_SECS = 5.0
 TICK_SECS = 0.25  # the planner looks again at least this often (waits are timed)
 LOAD_POLL_SECS = 0.25  # how often a load in progress is polled for its progress
 RESTART_WAIT_SECS = 600.0
+
+
+class LoadDropped(Exception):
+    """The model left the neuron's list while it loaded: someone unloaded it."""
 
 
 class LoadObserver(Protocol):
@@ -155,21 +159,35 @@ class Scheduler:
             raise self._unavailable(f"none of the {len(fleet.nodes)} neurons is reachable right now")
 
     async def route(self, model: str, *, exclude: frozenset[str] = frozenset()) -> Route:
-        """Where ``model`` (a canonical id) runs now; waits for its load when it must."""
+        """Where ``model`` (a canonical id) runs now; waits for its load when it must.
+
+        The request counts as started on the chosen node from the moment it is chosen (before
+        any await), so a burst spreads over the replicas instead of all choosing the one that
+        looked least busy; the caller calls :meth:`request_finished` once for the route."""
         self._check_fleet()
         for node in self.fleet.replicas(model):
             if node.name in exclude:
                 continue
+            self.request_started(node, model)
             try:
                 return Route(node, await self._endpoint(node, model), cold=False)
             except NeuronUnreachable as exc:
                 log.info("endpoint of %s on %s failed: %s", model, node.name, exc)
+                self.request_finished(node, model)
+            except BaseException:
+                self.request_finished(node, model)
+                raise
         started = time.monotonic()
         node = await self._wait_resident(model, exclude=exclude)
+        self.request_started(node, model)
         try:
             url = await self._endpoint(node, model)
         except NeuronUnreachable as exc:
+            self.request_finished(node, model)
             raise self._unavailable(f"neuron {node.name} loaded {model!r} but then stopped answering: {exc}") from None
+        except BaseException:
+            self.request_finished(node, model)
+            raise
         return Route(node, url, cold=True, load_ms=(time.monotonic() - started) * 1000)
 
     async def ensure_loaded(self, model: str, node: Node | None = None) -> Node:
@@ -274,9 +292,7 @@ class Scheduler:
         waiters = queue.live()
         if not waiters or model in self.operations:
             return
-        loading = [
-            n for n in self.fleet.loading_on(model) if n.busy != "restarting" and any(w.accepts(n) for w in waiters)
-        ]
+        loading = [n for n in self.fleet.loading_on(model) if not n.restarting and any(w.accepts(n) for w in waiters)]
         if loading:  # someone else (another gateway, an operator) is loading it: follow that load
             self._start(model, loading[0], self._follow(model, loading[0]))
             return
@@ -309,7 +325,12 @@ class Scheduler:
                 return
             profile = self._uncatalogued(model, waiters)
         oldest = min(w.since for w in waiters)
-        nodes = [n for n in fleet.up_nodes() if feasible(profile, n) and any(w.accepts(n) for w in waiters)]
+        candidates = [n for n in fleet.up_nodes() if feasible(profile, n) and any(w.accepts(n) for w in waiters)]
+        nodes = [n for n in candidates if not n.is_shunned(now)]
+        if candidates and not nodes:  # the only ones that could hold it just failed: wait for them
+            names = ", ".join(n.name for n in candidates)
+            queue.reason = f"neuron {names} stopped answering; waiting for it to answer its polls again"
+            return
         views = []
         for node in nodes:
             need = fleet.footprint(model, node, gpu=profile.min_devices > 0)
@@ -388,7 +409,7 @@ class Scheduler:
         self.changed()
 
     def _start(self, model: str, node: Node, work) -> None:
-        node.busy = f"loading {model}"
+        node.busy = Busy(Operation.LOADING, model)
 
         async def run() -> None:
             try:
@@ -423,19 +444,21 @@ class Scheduler:
         """Evicts the plan's victims (each drained first), then loads ``model`` and serves its queue."""
         started = time.monotonic()
         if plan.victims:
-            node.busy = f"making room for {model}"
+            node.busy = Busy(Operation.MAKING_ROOM, model)
             node.draining.update(plan.victims)
             try:
                 for victim in plan.victims:
                     await self._evict(node, victim, f"{self.eviction.strategy} (room for {model})")
             except (ApiError, NeuronUnreachable) as exc:
                 log.warning("making room for %s on %s failed: %s", model, node.name, exc)
+                if isinstance(exc, NeuronUnreachable):
+                    self._shun(node)
                 await self._refresh(node)
                 return
             finally:
                 node.draining.difference_update(plan.victims)
             await self._refresh(node)
-            node.busy = f"loading {model}"
+            node.busy = Busy(Operation.LOADING, model)
         # Another gateway may have started this load meanwhile: the neuron joins it (loads are idempotent).
         spec = ModelSpec(
             model_id=model,
@@ -449,9 +472,14 @@ class Scheduler:
         try:
             await self.client.load(node.endpoint, spec)
             await self._await_loaded(model, node)
+        except LoadDropped as exc:  # the requests still waiting for it get a new plan
+            self._observe(model, node.name, "dropped", started)
+            log.info("%s; planning again for the requests that wait for it", exc)
+            return
         except NeuronUnreachable as exc:
             self._observe(model, node.name, "unreachable", started)
             log.warning("loading %s on %s: %s", model, node.name, exc)
+            self._shun(node)
             return
         except ApiError as exc:
             self._observe(model, node.name, "full" if exc.status == 507 else "failed", started)
@@ -476,6 +504,15 @@ class Scheduler:
         node.loaded_at[model] = node.last_used[model] = now
         self._resolve(model, node)
         await self._refresh(node)  # free memory as it is now, for the next placement
+
+    def _shun(self, node: Node) -> None:
+        """A neuron that failed an operation is left out of placement until it answers a poll
+        again (at least a poll interval): a neuron that died mid-load is not asked again at every
+        tick. The failure counts as a failed poll."""
+        if node.record_failure():
+            log.warning("neuron %s is down: it stopped answering during an operation", node.name)
+        node.shunned_until = time.monotonic() + self.fleet.config.gateway.poll_interval_secs
+        self.changed()
 
     def _learn_too_big(self, model: str, node: Node, profile: ModelProfile) -> None:
         health = node.health
@@ -504,11 +541,10 @@ class Scheduler:
             if info is not None and info.status == "loaded":
                 self.fleet.learn_footprints(node)
                 return
-            if info is None or info.status == "failed":
-                status = (info.error_status if info else None) or 502
-                raise ApiError(
-                    "upstream", (info.error if info else None) or "the neuron dropped the load", status=status
-                )
+            if info is None:  # unloaded while loading (an operator, another gateway): not a failure
+                raise LoadDropped(f"{model!r} was unloaded on {node.name} while it loaded")
+            if info.status == "failed":
+                raise ApiError("upstream", info.error or "the load failed", status=info.error_status or 502)
             if time.monotonic() > deadline:
                 raise ApiError("timeout", f"still loading after {self.fleet.config.gateway.load_timeout_secs:g} s")
             await asyncio.sleep(self.load_poll_secs)
@@ -517,8 +553,10 @@ class Scheduler:
         """A load someone else started: wait for it like our own."""
         try:
             await self._await_loaded(model, node)
-        except (ApiError, NeuronUnreachable) as exc:
+        except (ApiError, NeuronUnreachable, LoadDropped) as exc:
             log.info("the load of %s on %s that another client started ended: %s", model, node.name, exc)
+            if isinstance(exc, NeuronUnreachable):
+                self._shun(node)
             return
         self._resolve(model, node)
 
@@ -554,7 +592,7 @@ class Scheduler:
             )
         mine = node.busy is None  # hold the neuron, so no load is planned there while it drains
         if mine:
-            node.busy = f"unloading {model}"
+            node.busy = Busy(Operation.UNLOADING, model)
         try:
             await self._evict(node, model, "admin")
         finally:
@@ -570,7 +608,7 @@ class Scheduler:
         for node in self.fleet.up_nodes():
             idle = node.busy is None and not any(node.requests_on(m) for m in node.models)
             if node.cycles >= every and idle and node.name not in self.node_tasks:
-                node.busy = "restarting"
+                node.busy = Busy(Operation.RESTARTING)
                 task = asyncio.get_running_loop().create_task(self._restart(node), name=f"restart {node.name}")
                 self.node_tasks[node.name] = task
 

@@ -8,11 +8,32 @@ Rebuilt entirely from the neurons after a restart: nothing here is persisted.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cortex.config import Catalogue, CortexConfig, ModelProfile, is_pattern
-from cortex.protocol.fleet import Discovery, Health, ModelInfo
+from cortex.protocol.fleet import Discovery, Health, ModelInfo, ModelStatus
+
+
+class Operation(StrEnum):
+    """What the gateway is doing on a neuron (one operation at a time)."""
+
+    LOADING = "loading"
+    MAKING_ROOM = "making room for"
+    UNLOADING = "unloading"
+    RESTARTING = "restarting"
+
+
+@dataclass(frozen=True)
+class Busy:
+    op: Operation
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.model}" if self.model else str(self.op)
+
 
 DOWN_AFTER_FAILURES = 3
 DEFAULT_PRIORITY = 100
@@ -35,18 +56,30 @@ class Node:
     loaded_at: dict[str, float] = field(default_factory=dict)  # model -> first seen resident (monotonic)
     last_used: dict[str, float] = field(default_factory=dict)  # model -> last request started or ended
     draining: set[str] = field(default_factory=set)  # chosen for eviction: no new requests go there
-    busy: str | None = None  # the operation under way (a load, a swap, a restart), one at a time
+    busy: Busy | None = None  # the operation under way (a load, a swap, a restart), one at a time
     cycles: int = 0  # unloads since the neuron last restarted (defragmentation)
     poll_error: str | None = None  # why the last poll failed (logged when it changes)
+    shunned_until: float = 0.0  # an operation found it unreachable: no placement here until then (or a poll)
+    went_down: asyncio.Event = field(default_factory=asyncio.Event)  # set while it is down (polls fail)
+
+    def is_shunned(self, now: float) -> bool:
+        return now < self.shunned_until
 
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)
         return info.status if info is not None else None
 
+    @property
+    def restarting(self) -> bool:
+        return self.busy is not None and self.busy.op is Operation.RESTARTING
+
     def serves(self, model: str) -> bool:
         """Whether a request for ``model`` may go here now."""
         return (
-            self.up and self.busy != "restarting" and model not in self.draining and self.status_of(model) == "loaded"
+            self.up
+            and not self.restarting
+            and model not in self.draining
+            and self.status_of(model) == ModelStatus.LOADED
         )
 
     def requests_on(self, model: str) -> int:
@@ -74,6 +107,8 @@ class Node:
                 del self.endpoints[model]
         self.note_residents()
         self.up, self.failures, self.last_ok = True, 0, time.monotonic()
+        self.shunned_until = 0.0
+        self.went_down.clear()
 
     def note_residents(self) -> None:
         """Starts the residency clock of models seen loaded for the first time; forgets the gone."""
@@ -104,6 +139,7 @@ class Node:
         if self.up and self.failures >= DOWN_AFTER_FAILURES:
             self.up = False
             self.endpoints.clear()
+            self.went_down.set()  # relays waiting on it give up with an error
             return True
         return False
 

@@ -27,7 +27,7 @@ async def health(request: Request):
     total, healthy = len(fleet.nodes), len(fleet.up_nodes())
     status = "down" if healthy == 0 else ("ok" if healthy == total else "degraded")
     entries = fleet.model_entries()
-    return _json(
+    return _json(  # a fleet that is down answers 503: probes and load balancers see it
         {
             "status": status,
             "nodes": {"total": total, "healthy": healthy},
@@ -35,7 +35,8 @@ async def health(request: Request):
                 "loaded": sum(1 for e in entries if e["status"] == "loaded" and "alias_of" not in e),
                 "available": sum(1 for e in entries if "alias_of" not in e),
             },
-        }
+        },
+        status=503 if status == "down" else 200,
     )
 
 
@@ -66,7 +67,7 @@ async def fleet(request: Request):
                 "endpoint": node.endpoint,
                 "up": node.up,
                 "failed_polls": node.failures,
-                "busy": node.busy,
+                "busy": str(node.busy) if node.busy is not None else None,
                 "cycles": node.cycles,
                 "discovery": node.discovery,
                 "health": node.health,

@@ -73,7 +73,27 @@ def _has_token(chunk: bytes) -> bool:
     return _TOKEN_RE.search(chunk) is not None
 
 
-def _usage(tail: bytes) -> tuple[int, int] | None:
+class Timings(msgspec.Struct):
+    """The neuron's own timing of a generation (llama.cpp server's ``timings`` fields): decode
+    speed comes from here, never from when chunks happened to arrive (a tool call streamed whole
+    at the end would read as thousands of tokens a second)."""
+
+    predicted_n: int = 0  # decode steps after the first token
+    predicted_ms: float = 0.0
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Final(msgspec.Struct):
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+def _usage(tail: bytes) -> _Final | None:
+    """The last ``usage`` (and ``timings``) in a body or in the last chunks of a stream."""
     at = tail.rfind(b'"usage"')
     if at < 0:
         return None
@@ -81,11 +101,10 @@ def _usage(tail: bytes) -> tuple[int, int] | None:
     start = 0 if start < 0 else start + 6
     end = tail.find(b"\n", at)
     try:
-        obj = msgspec.json.decode(tail[start : end if end >= 0 else len(tail)])
-        usage = obj.get("usage") or {}
-        return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+        final = msgspec.json.decode(tail[start : end if end >= 0 else len(tail)], type=_Final)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    return final if final.usage is not None else None
 
 
 class StreamTranslator(Protocol):
@@ -126,7 +145,19 @@ def upstream_api_error(status: int, data: bytes, retry_after: str | None = None)
     return ApiError(kind, message, param=param, status=status, retry_after=after)
 
 
+NEURON_QUEUE_HEADER = "x-neuron-queue-ms"  # the neuron's own admission wait
+
+
+def _queue_secs(header: str | None) -> float:
+    try:
+        value = float(header) / 1000 if header else 0.0
+    except ValueError:
+        return 0.0
+    return value if 0 <= value < 1e6 else 0.0
+
+
 MAX_STALE_RETRIES = 2
+WHOLE_ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 STALE_CODES = (b'"model_unloading"', b'"model_loading"', b'"neuron_restarting"')
 
 
@@ -158,8 +189,11 @@ async def count_prompt(ctx: GatewayContext, model: str, tokenize_body: dict[str,
     except ApiError as err:
         status = err.status
         raise
-    finally:
-        ctx.metrics.requests.labels(model, "", endpoint, str(status)).inc()
+    finally:  # the model label only for a model the fleet knows: never a string a client chose
+        known = ctx.fleet.catalogue.profile(model) is not None or any(
+            model in n.models for n in ctx.fleet.nodes.values()
+        )
+        ctx.metrics.requests.labels(model if known else "", "", endpoint, str(status)).inc()
 
 
 class Relay:
@@ -220,6 +254,7 @@ class Relay:
         scheduler = self.ctx.scheduler
         task = asyncio.get_running_loop().create_task(scheduler.route(model))
         count: asyncio.Task | None = None
+        handed = False
         try:
             if stream:
                 done, _ = await asyncio.wait({task}, timeout=COLD_WAIT_SECS)
@@ -242,24 +277,29 @@ class Relay:
                             count = None
                         elif not done:
                             await self._send(self._keepalive())
-            return await task
+            route = await task
+            handed = True
+            return route
         finally:
             for t in (task, count):
                 if t is not None and not t.done():
                     t.cancel()
+            if not handed and task.done() and not task.cancelled() and task.exception() is None:
+                # routed, but this request is going away (the client left): the route's count ends here
+                scheduler.request_finished(task.result().node, model)
 
     async def _forward(self, route: Route, model: str, body: bytes, stream: bool) -> HTTPResponse | None:
         ctx = self.ctx
         tried: set[str] = set()
         stale = 0
         while True:
-            node = route.node
+            node = route.node  # the scheduler counted this request as started there when it chose it
             self.node = node.name
-            ctx.scheduler.request_started(node, model)
             gauge = ctx.metrics.in_flight.labels(model, node.name)
             gauge.inc()
             try:
-                return await self._attempt(route, model, body, stream)
+                attempt = self._attempt(route, model, body, stream)
+                return await (attempt if stream else self._while_up(node, attempt))
             except StaleRoute as exc:  # the model left that neuron (another gateway evicted it, a restart)
                 ctx.scheduler.forget(node, model)
                 stale += 1
@@ -293,11 +333,29 @@ class Relay:
                 ctx.scheduler.request_finished(node, model)
                 gauge.dec()
 
+    async def _while_up(self, node, attempt):
+        """A non-streamed answer is silent until it is whole, so no read timeout can tell a long
+        generation from a dead neuron; the polls can: this gives up when the neuron goes down."""
+        task = asyncio.ensure_future(attempt)
+        down = asyncio.ensure_future(node.went_down.wait())
+        try:
+            done, _ = await asyncio.wait({task, down}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            raise ApiError(
+                "upstream", f"neuron {node.name} stopped answering its polls before it answered", code="neuron_down"
+            )
+        finally:
+            for t in (task, down):
+                if not t.done():
+                    t.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
     async def _attempt(self, route: Route, model: str, body: bytes, stream: bool) -> HTTPResponse | None:
         ctx, metrics = self.ctx, self.ctx.metrics
-        queue_secs = time.monotonic() - self.started
-        metrics.queue_wait.labels(model).observe(queue_secs)
-        extra = {"x-cortex-node": route.node.name, "x-cortex-queue-ms": f"{queue_secs * 1000:.1f}"}
+        queue_secs = time.monotonic() - self.started  # routing, and any cold load; the neuron adds its own
+        extra = {"x-cortex-node": route.node.name}
         if route.cold:
             extra["x-cortex-load-ms"] = f"{route.load_ms or 0:.0f}"
             metrics.cold_starts.labels(model, route.node.name).inc()
@@ -306,8 +364,14 @@ class Relay:
             "accept": self.request.headers.get("accept", "*/*"),
             **key_headers(route.node.api_key),
         }
-        async with ctx.http.post(route.url + self.path, data=body, headers=headers) as up:
+        # a stream's silence is bounded by stall_timeout_secs (the session's read timeout); a whole
+        # answer is silent until it is done, however long that takes (_while_up watches the neuron)
+        timeout = {} if stream else {"timeout": WHOLE_ANSWER_TIMEOUT}
+        async with ctx.http.post(route.url + self.path, data=body, headers=headers, **timeout) as up:
             self.status = up.status
+            queue_secs += _queue_secs(up.headers.get(NEURON_QUEUE_HEADER))
+            metrics.queue_wait.labels(model).observe(queue_secs)
+            extra["x-cortex-queue-ms"] = f"{queue_secs * 1000:.1f}"
             if up.status in (401, 403):  # the neuron refused our fleet key: not the client's fault
                 raise ApiError(
                     "upstream",
@@ -329,7 +393,7 @@ class Relay:
                     raise ApiError("upstream", f"neuron {route.node.name} broke off its answer: {exc}") from None
                 if up.status in (404, 503) and _is_stale(up.status, data):
                     raise StaleRoute(upstream_api_error(up.status, data, up.headers.get("retry-after")))
-                self._account_body(model, route.node.name, data)
+                self._account(model, route.node.name, data)
                 if self.translation is not None:
                     return self._translated_body(up, data, stream, extra)
                 if self.stream_response is not None:  # we promised a stream during the cold load
@@ -355,21 +419,19 @@ class Relay:
         assert self.translation is not None
         return response.raw(self.translation.whole(data), headers=extra, content_type="application/json")
 
-    def _account_body(self, model: str, node: str, data: bytes) -> None:
-        usage = _usage(data) if b'"usage"' in data else None
-        if usage:
-            self.ctx.metrics.prompt_tokens.labels(model, node).inc(usage[0])
-            self.ctx.metrics.completion_tokens.labels(model, node).inc(usage[1])
-
-    def _account_stream(self, model: str, node: str, tail: deque[bytes], first: float | None, last: float | None):
+    def _account(self, model: str, node: str, data: bytes) -> None:
+        """Tokens from the answer's usage; decode speed and inter-token latency from the
+        neuron's own timings (absent: not observed)."""
+        final = _usage(data) if b'"usage"' in data else None
+        if final is None or final.usage is None:
+            return
         metrics = self.ctx.metrics
-        usage = _usage(b"".join(tail))
-        if usage:
-            metrics.prompt_tokens.labels(model, node).inc(usage[0])
-            metrics.completion_tokens.labels(model, node).inc(usage[1])
-            if first is not None and last is not None and last > first and usage[1] > 1:
-                metrics.tps.labels(model, node).observe((usage[1] - 1) / (last - first))
-                metrics.itl.labels(model, node).observe((last - first) / (usage[1] - 1))
+        metrics.prompt_tokens.labels(model, node).inc(final.usage.prompt_tokens)
+        metrics.completion_tokens.labels(model, node).inc(final.usage.completion_tokens)
+        t = final.timings
+        if t is not None and t.predicted_n > 0 and t.predicted_ms > 0:
+            metrics.tps.labels(model, node).observe(t.predicted_n / (t.predicted_ms / 1000))
+            metrics.itl.labels(model, node).observe(t.predicted_ms / 1000 / t.predicted_n)
 
     def _broken(self, exc: BaseException, node: str, model: str) -> ApiError:
         stalled = isinstance(exc, asyncio.TimeoutError)
@@ -392,26 +454,18 @@ class Relay:
             )
         resp = self.stream_response
         tail: deque[bytes] = deque(maxlen=4)
-        first = last = None
-        token_chunks = 0
+        first = None
         try:
             async for chunk in up.content.iter_any():
-                if first is None or token_chunks < 2:
-                    if _has_token(chunk):
-                        now = time.monotonic()
-                        if first is None:
-                            first = now
-                            metrics.ttft.labels(model, node).observe(now - self.started)
-                        token_chunks += 1
-                else:
-                    token_chunks += 1
-                last = time.monotonic()
+                if first is None and _has_token(chunk):
+                    first = time.monotonic()
+                    metrics.ttft.labels(model, node).observe(first - self.started)
                 tail.append(chunk)
                 await resp.send(chunk)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             await self._send(openai_errors.render_sse(self._broken(exc, node, model)) + DONE)
         await resp.eof()
-        self._account_stream(model, node, tail, first, last)
+        self._account(model, node, b"".join(tail))
         return None
 
     async def _stream_translated(
@@ -427,7 +481,7 @@ class Relay:
         resp = self.stream_response
         reader = EventReader()
         tail: deque[bytes] = deque(maxlen=4)
-        first = last = None
+        first = None
         self._sending, self._sent_at = False, time.monotonic()
         pinger = asyncio.get_running_loop().create_task(self._keep_alive(tr))
         try:
@@ -435,7 +489,6 @@ class Relay:
                 if first is None and _has_token(chunk):
                     first = time.monotonic()
                     metrics.ttft.labels(model, node).observe(first - self.started)
-                last = time.monotonic()
                 tail.append(chunk)
                 out = b""
                 for payload in reader.feed(chunk):
@@ -464,7 +517,7 @@ class Relay:
             pinger.cancel()
         await self._send(final)
         await resp.eof()
-        self._account_stream(model, node, tail, first, last)
+        self._account(model, node, b"".join(tail))
         return None
 
     async def _send_event(self, resp: Any, data: bytes) -> None:

@@ -3,7 +3,19 @@ and model listings, as msgspec structs both programs encode and decode."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import msgspec
+
+
+class ModelStatus(StrEnum):
+    """Where a model stands on a neuron. ``/models`` says loading, loaded or failed; ``/health``
+    also says unloading (an unload waits for the requests in flight)."""
+
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"
+    UNLOADING = "unloading"
 
 
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -54,7 +66,7 @@ class DeviceHealth(msgspec.Struct, kw_only=True):
 
 
 class ModelHealth(msgspec.Struct, kw_only=True):
-    status: str
+    status: ModelStatus
     in_flight: int
     queued: int
     load_progress: float | None = None
@@ -70,7 +82,7 @@ class Health(msgspec.Struct, kw_only=True):
 class ModelInfo(msgspec.Struct, kw_only=True):
     id: str
     harness: str
-    status: str  # loading | loaded | failed
+    status: ModelStatus  # loading | loaded | failed
     devices: list[int]
     vram_used_mb: int | None
     quant: str | None
@@ -78,3 +90,24 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     load_progress: float | None
     error: str | None
     error_status: int | None = None  # the HTTP status the failed load answered (404: the model is not here)
+
+
+class Endpoint(msgspec.Struct, kw_only=True):
+    """``GET /models/{id}/endpoint``: where the gateway sends the model's inference requests."""
+
+    url: str
+
+
+class Footprint(msgspec.Struct, kw_only=True):
+    """``GET /models/{id}/footprint``: the memory the weights would take here, from their headers."""
+
+    model_id: str
+    cpu_mb: int
+    gpu_mb: int
+
+
+class TokenCount(msgspec.Struct, kw_only=True):
+    """``POST /tokenize``: the prompt's tokens with the chat template applied, and the context."""
+
+    count: int
+    max_context: int

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Blueprint, Request, Sanic, response
 
 from cortex.protocol.errors import ApiError, decode_body, invalid
-from cortex.protocol.fleet import Health, ModelSpec, UnloadRequest
+from cortex.protocol.fleet import Endpoint, Footprint, Health, ModelSpec, TokenCount, UnloadRequest
 from cortex.protocol.openai.requests import ChatCompletionRequest, ChatMessage, Tool
 from neuron import __version__, ops
 from neuron.api.context import NeuronContext, context_of
@@ -68,8 +68,6 @@ async def load(request: Request):
     if not spec.wait:
         return _json({"status": entry.status}, status=200 if entry.status == "loaded" else 202)
     await ctx.residency.wait_loaded(entry)
-    if entry.loaded is not None and entry.task is not None and entry.task.done():
-        ctx.metrics.load_seconds.labels(spec.model_id).observe(entry.loaded.load_secs)
     return _json({"status": "loaded"})
 
 
@@ -90,10 +88,10 @@ async def model_route(request: Request, rest: str):
     if leaf == "endpoint" and model_id:
         ctx.residency.get(model_id)
         url = ctx.config.advertise_url or f"{request.scheme}://{request.host}"
-        return _json({"url": url.rstrip("/")})
+        return _json(Endpoint(url=url.rstrip("/")))
     if leaf == "footprint" and model_id:
         cpu_bytes, gpu_bytes = await asyncio.to_thread(ctx.residency.footprint, model_id)
-        return _json({"model_id": model_id, "cpu_mb": _ceil_mb(cpu_bytes), "gpu_mb": _ceil_mb(gpu_bytes)})
+        return _json(Footprint(model_id=model_id, cpu_mb=_ceil_mb(cpu_bytes), gpu_mb=_ceil_mb(gpu_bytes)))
     raise ApiError("not_found", f"no route GET /models/{rest}")
 
 
@@ -171,7 +169,7 @@ async def tokenize(request: Request):
         ids = (await asyncio.to_thread(chat_prompt, side, chat)).ids
     else:
         ids = await asyncio.to_thread(encode_prompt, side, req.prompt, param="prompt")
-    return _json({"count": len(ids), "max_context": side.context_length})
+    return _json(TokenCount(count=len(ids), max_context=side.context_length))
 
 
 @bp.get("/metrics")

@@ -89,7 +89,7 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
         config=config,
         residency=residency,
         discovery=hardware.discover(__version__, list(HARNESSES)),
-        metrics=NeuronMetrics(residency),
+        metrics=NeuronMetrics(residency, lambda: ctx.device_health),
         restore_models=list(restore_models or []),
     )
     app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False, request_class=DeadlineRequest)

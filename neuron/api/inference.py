@@ -32,6 +32,7 @@ from neuron.api.context import context_of
 from neuron.api.sse import event, stream_events
 from neuron.chat.output import THINK_CLOSE, THINK_OPEN, TOOL_OPEN, Event, ToolCall
 from neuron.chat.text import TextSide, encode_prompt
+from neuron.engine.admission import restart_error
 from neuron.engine.generation import GenerationRequest, Outcome, generate
 from neuron.engine.loaded import LoadedModel
 from neuron.engine.sampling import SamplingParams
@@ -175,7 +176,7 @@ def _through_intake(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[R
     @functools.wraps(handler)
     async def run(request: Request):
         intake = context_of(request).intake
-        intake.enter()
+        request.ctx.ticket = intake.enter()
         try:
             return await handler(request)
         finally:
@@ -184,10 +185,37 @@ def _through_intake(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[R
     return run
 
 
-async def _admitted(request: Request, lm: LoadedModel, endpoint: str):
+async def _abortable(request: Request, work: Awaitable[Any]) -> Any:
+    """Runs a whole answer's generation so that a restart that stops it makes the answer a 503
+    (``neuron_restarting``) instead of a cut connection."""
+    task = asyncio.ensure_future(work)
+    aborted = False
+
+    def abort() -> None:
+        nonlocal aborted
+        aborted = True
+        task.cancel()
+
+    request.ctx.ticket.abort = abort
+    try:
+        return await task
+    except asyncio.CancelledError:
+        handler = asyncio.current_task()
+        if aborted and handler is not None and handler.cancelling() == 0:  # our abort, not a client gone
+            raise restart_error() from None
+        raise
+
+
+QUEUE_HEADER = "x-neuron-queue-ms"  # how long the request waited for admission (the gateway adds it to its own)
+
+
+async def _admitted(request: Request, lm: LoadedModel, endpoint: str) -> dict[str, str]:
+    """Waits for the model's admission; returns the response headers that say how long it took."""
     ctx = context_of(request)
+    started = time.monotonic()
     await lm.admission.acquire()
     ctx.metrics.requests_started(lm.model_id, endpoint)
+    return {QUEUE_HEADER: f"{(time.monotonic() - started) * 1000:.1f}"}
 
 
 # --- chat -----------------------------------------------------------------------------------
@@ -217,13 +245,14 @@ async def chat_completions(request: Request):
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))
     cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-    await _admitted(request, lm, "chat")
+    queued = await _admitted(request, lm, "chat")
     try:
         if req.stream:
             env = _Envelope(cid, "chat.completion.chunk", created, req.model, outcome, req.stream_options)
-            await stream_events(request, lambda emit: _stream_chat(emit, lm, gen, env))
+            await stream_events(request, lambda emit: _stream_chat(emit, lm, gen, env), headers=queued)
             return None
-        return response.json(await _complete_chat(lm, gen, outcome, cid, created, req.model))
+        answer = await _abortable(request, _complete_chat(lm, gen, outcome, cid, created, req.model))
+        return response.json(answer, headers=queued)
     finally:
         lm.admission.release()
         ctx.metrics.requests_finished(lm.model_id, "chat", outcome)
@@ -259,6 +288,7 @@ async def _complete_chat(lm, gen, outcome, cid, created, model) -> dict[str, Any
             }
         ],
         "usage": _usage(outcome),
+        "timings": outcome.timings(),
     }
 
 
@@ -295,6 +325,8 @@ class _Envelope:
         }
         if final or (self.options is not None and self.options.continuous_usage_stats):
             body["usage"] = _usage(self.outcome)
+        if final:
+            body["timings"] = self.outcome.timings()
         return event(body)
 
     def choice(self, key: str, value: Any, finish: str | None = None) -> list[dict[str, Any]]:
@@ -346,15 +378,19 @@ async def completions(request: Request):
     outcome = Outcome(prompt_tokens=len(prompt_ids))
     cid, created = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
     echo = lm.tokenizer.decode(prompt_ids, skip_special_tokens=False) if req.echo else ""
-    await _admitted(request, lm, "completions")
+    queued = await _admitted(request, lm, "completions")
     try:
         if req.stream:
             env = _Envelope(cid, "text_completion", created, req.model, outcome, req.stream_options)
-            await stream_events(request, lambda emit: _stream_completion(emit, lm, gen, env, echo))
+            await stream_events(request, lambda emit: _stream_completion(emit, lm, gen, env, echo), headers=queued)
             return None
         parts = [echo]
-        async for delta in generate(lm, gen, outcome):
-            parts += [ev.text for ev in delta.events]
+
+        async def whole() -> None:
+            async for delta in generate(lm, gen, outcome):
+                parts.extend(ev.text for ev in delta.events)
+
+        await _abortable(request, whole())
         return response.json(
             {
                 "id": cid,
@@ -371,7 +407,9 @@ async def completions(request: Request):
                     }
                 ],
                 "usage": _usage(outcome),
-            }
+                "timings": outcome.timings(),
+            },
+            headers=queued,
         )
     finally:
         lm.admission.release()

@@ -3,7 +3,7 @@ times, and per-model gauges (prefill / decode tok/s, queue, memory) read at scra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from cortex.protocol.fleet import DeviceHealth
     from neuron.engine.generation import Outcome
     from neuron.engine.residency import Residency
 
@@ -42,8 +43,33 @@ class _ModelGauges(Collector):
         yield from families.values()
 
 
+class _HostGauges(Collector):
+    """Memory in bytes (Prometheus base units): each GPU's, and the host's for CPU models."""
+
+    def __init__(self, residency: Residency, device_health: Callable[[], list[DeviceHealth]]) -> None:
+        self.residency = residency
+        self.device_health = device_health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        used = GaugeMetricFamily("neuron_device_memory_used_bytes", "GPU memory in use", labels=["device"])
+        free = GaugeMetricFamily("neuron_device_memory_free_bytes", "GPU memory free", labels=["device"])
+        for d in self.device_health():
+            used.add_metric([str(d.index)], d.vram_used_mb * 2**20)
+            free.add_metric([str(d.index)], d.vram_free_mb * 2**20)
+        host = GaugeMetricFamily(
+            "neuron_host_memory_free_bytes", "Host memory a CPU load may still take (cpu_memory_mb applied)"
+        )
+        host.add_metric([], self.residency.cpu_free_bytes())
+        yield from (used, free, host)
+
+
 class NeuronMetrics:
-    def __init__(self, residency: Residency, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        residency: Residency,
+        device_health: Callable[[], list[DeviceHealth]] = list,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter("neuron_requests_total", "Admitted requests", ["model", "endpoint"], registry=r)
@@ -54,12 +80,17 @@ class NeuronMetrics:
         )
         self.load_seconds = Histogram(
             "neuron_model_load_seconds",
-            "Model load time",
-            ["model"],
-            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
+            "Model load time, every load that ended (result ok | failed)",
+            ["model", "result"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
             registry=r,
         )
         r.register(_ModelGauges(residency))
+        r.register(_HostGauges(residency, device_health))
+        residency.on_load_end = self.load_ended
+
+    def load_ended(self, model: str, secs: float, result: str) -> None:
+        self.load_seconds.labels(model, result).observe(secs)
 
     def requests_started(self, model: str, endpoint: str) -> None:
         self.requests.labels(model, endpoint).inc()

@@ -15,6 +15,7 @@ from sanic import Request
 
 from cortex.protocol.errors import ApiError
 from cortex.protocol.openai import errors as openai_errors
+from neuron.engine.admission import restart_error
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,18 @@ async def stream_events(
     produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
     *,
     keepalive_secs: float = KEEPALIVE_SECS,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Runs ``produce(emit)`` and relays what it emits as an SSE response, with keep-alives.
 
     The producer runs as its own task; when the client goes away the handler is cancelled and
-    so is the producer (which stops generating at its next step).
+    so is the producer (which stops generating at its next step). A restart that stops the
+    stream (the request's intake ticket) cancels the producer and the stream ends with a
+    ``neuron_restarting`` error event and ``[DONE]``.
     """
-    response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
+    response = await request.respond(content_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    aborted: list[ApiError] = []
 
     async def emit(data: bytes) -> None:
         await queue.put(data)
@@ -61,6 +66,14 @@ async def stream_events(
             await queue.put(None)
 
     producer = asyncio.get_running_loop().create_task(run())
+    ticket = getattr(request.ctx, "ticket", None)
+    if ticket is not None:  # a restart that stops this stream ends it with an error event, not a cut
+
+        def abort() -> None:
+            aborted.append(restart_error())
+            producer.cancel()
+
+        ticket.abort = abort
     try:
         while True:
             try:
@@ -71,6 +84,8 @@ async def stream_events(
             if item is None:
                 break
             await response.send(item)
+        if aborted:
+            await response.send(openai_errors.render_sse(aborted[0]))
         await response.send(DONE)
         await response.eof()
     finally:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 from collections import deque
+from collections.abc import Callable
 
 from cortex.protocol.errors import ApiError
 
@@ -91,17 +92,37 @@ class Admission:
 
 RESTART_RETRY_AFTER_SECS = 5.0
 CANCELLED_EXIT_SECS = 10.0
+ABORTED_EXIT_SECS = 5.0  # how long aborted requests get to say why before their tasks are cancelled
 CANCEL_AGAIN_SECS = 0.1
+
+
+class Ticket:
+    """One request inside the :class:`Intake`. ``abort`` is what a restart calls when the request
+    outlives the drain: by default its task is cancelled; a handler that can end better (a
+    stream: an error event and ``[DONE]``; a whole answer: a 503) sets its own."""
+
+    def __init__(self, task: asyncio.Task | None) -> None:
+        self.task = task
+        self.abort: Callable[[], None] = task.cancel if task is not None else (lambda: None)
+
+
+RESTART_ABORT = "this neuron restarted before the answer was complete; send the request again"
+
+
+def restart_error() -> ApiError:
+    """What a request stopped by a restart answers (or ends its stream with)."""
+    return ApiError("unavailable", RESTART_ABORT, code="neuron_restarting", retry_after=RESTART_RETRY_AFTER_SECS)
 
 
 class Intake:
     """The neuron-wide door for inference requests. A restart closes it (new requests get 503
     ``neuron_restarting``), then drains it: waits for the requests inside, and past its bound
-    cancels them, so the restart never waits forever on a stream."""
+    aborts them (each as its :class:`Ticket` says), so the restart never waits forever on a
+    stream and no stream just stops without saying why."""
 
     def __init__(self) -> None:
         self.is_open = True
-        self._inside: set[asyncio.Task] = set()
+        self._inside: dict[asyncio.Task | None, Ticket] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -119,16 +140,17 @@ class Intake:
                 retry_after=RESTART_RETRY_AFTER_SECS,
             )
 
-    def enter(self) -> None:
+    def enter(self) -> Ticket:
         """Lets the current request (its task) in, or raises 503 when closed."""
         self.check_open()
         task = asyncio.current_task()
-        if task is not None:
-            self._inside.add(task)
-            self._empty.clear()
+        ticket = Ticket(task)
+        self._inside[task] = ticket
+        self._empty.clear()
+        return ticket
 
     def leave(self) -> None:
-        self._inside.discard(asyncio.current_task())
+        self._inside.pop(asyncio.current_task(), None)
         if not self._inside:
             self._empty.set()
 
@@ -136,20 +158,26 @@ class Intake:
         self.is_open = False
 
     async def drain(self, timeout_secs: float) -> int:
-        """Waits up to ``timeout_secs`` for the requests inside to finish, then cancels those
-        still running and waits for them to leave; returns how many were cancelled."""
+        """Waits up to ``timeout_secs`` for the requests inside to finish, then aborts those
+        still running and waits for them to leave (cancelling their tasks if they do not);
+        returns how many were aborted."""
         if self._empty.is_set():
             return 0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), timeout=timeout_secs)
-        late = len(self._inside)
+        late = list(self._inside.values())
+        for ticket in late:
+            ticket.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), timeout=ABORTED_EXIT_SECS)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CANCELLED_EXIT_SECS
         while self._inside and loop.time() < deadline:
             # Again and again: on Python 3.11 a cancellation that meets an await finishing inside
             # asyncio.wait_for (a stream's queue read) is lost.
             for task in list(self._inside):
-                task.cancel()
+                if task is not None:
+                    task.cancel()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._empty.wait(), timeout=CANCEL_AGAIN_SECS)
-        return late
+        return len(late)

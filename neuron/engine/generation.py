@@ -8,6 +8,7 @@ matcher and the reasoning / tool-call parser, and comes out as :class:`Delta` va
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -46,6 +47,22 @@ class Outcome:
     finish_reason: str | None = None
     stop_reason: str | None = None  # the stop string that ended generation (vLLM's field)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    prefill_secs: float = 0.0  # the prompt, up to the first token sampled
+    decode_secs: float = 0.0  # every later token (completion_tokens - 1 decode steps)
+
+    def timings(self) -> dict[str, float | int]:
+        """The generation's own timing in llama.cpp server's fields (``timings``): a gateway reads
+        the decode speed from here, not from when chunks happen to arrive."""
+        steps = max(0, self.completion_tokens - 1)
+        prompt_ms, decode_ms = self.prefill_secs * 1000, self.decode_secs * 1000
+        return {
+            "prompt_n": self.prompt_tokens,
+            "prompt_ms": round(prompt_ms, 3),
+            "prompt_per_second": round(self.prompt_tokens / self.prefill_secs, 3) if self.prefill_secs > 0 else 0.0,
+            "predicted_n": steps,
+            "predicted_ms": round(decode_ms, 3),
+            "predicted_per_second": round(steps / self.decode_secs, 3) if self.decode_secs > 0 else 0.0,
+        }
 
 
 async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) -> AsyncIterator[Delta]:
@@ -58,12 +75,15 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
         outcome.finish_reason = "length"
         yield Delta([], "length")
         return
+    started = time.perf_counter()
     seq = await worker.run(lm.start_sequence, prompt, len(prompt) + req.max_new_tokens, req.params)
     token: int | None = None
     for start in range(0, len(prompt), req.prefill_chunk):
         chunk = prompt[start : start + req.prefill_chunk]
         token = await worker.run(lm.prefill, seq, chunk, sample=start + req.prefill_chunk >= len(prompt))
     assert token is not None
+    first = time.perf_counter()
+    outcome.prefill_secs = first - started
     detok = DecodeStream(skip_special_tokens=True)
     finish = "length"
     while True:
@@ -82,6 +102,7 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
         if outcome.completion_tokens >= req.max_new_tokens:
             break
         token = await worker.run(lm.decode, seq, token)
+        outcome.decode_secs = time.perf_counter() - first
     tail = parser.feed(stopper.flush()) + parser.finish()
     outcome.tool_calls = parser.tool_calls
     if finish == "stop" and parser.tool_calls:

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import msgspec
 import torch
 
 from cortex.protocol.errors import ApiError, invalid
-from cortex.protocol.fleet import ModelHealth, ModelInfo, ModelSpec
+from cortex.protocol.fleet import ModelHealth, ModelInfo, ModelSpec, ModelStatus
 from neuron import hardware
 from neuron.chat.text import TextSide, load_text_side
 from neuron.config import NeuronConfig
@@ -40,7 +41,7 @@ GPU_FOOTPRINT_DTYPE = torch.bfloat16
 class Entry:
     spec: ModelSpec
     devices: list[int]
-    status: str = "loading"  # loading | loaded | failed | unloading
+    status: ModelStatus = ModelStatus.LOADING
     progress: float = 0.0
     error: str | None = None
     failure: ApiError | None = None
@@ -63,7 +64,8 @@ class Residency:
         self.config = config
         self.entries: dict[str, Entry] = {}
         self.workers: dict[str, DeviceWorker] = {}
-        self.load_seconds: list[float] = []  # for /metrics
+        # told of every load's end: (model, seconds, result "ok" | "failed"); the metrics listen here
+        self.on_load_end: Callable[[str, float, str], None] | None = None
         self._text: OrderedDict[str, TextSide] = OrderedDict()  # text sides of models not resident
 
     # --- placement ------------------------------------------------------------------------
@@ -141,9 +143,9 @@ class Residency:
                 param="quant",
             )
         entry = self.entries.get(spec.model_id)
-        if entry is not None and entry.status in ("loading", "loaded"):
+        if entry is not None and entry.status in (ModelStatus.LOADING, ModelStatus.LOADED):
             return entry
-        if entry is not None and entry.status == "unloading":
+        if entry is not None and entry.status == ModelStatus.UNLOADING:
             raise ApiError("conflict", f"model {spec.model_id!r} is being unloaded; load it again once that is done")
         device, devices = self._device_for(spec)
         entry = Entry(spec=spec, devices=devices)
@@ -185,8 +187,7 @@ class Residency:
                 return entry.loaded
 
             await worker.run(load_on_worker)
-            entry.status, entry.progress = "loaded", 1.0
-            self.load_seconds.append(time.monotonic() - started)
+            entry.status, entry.progress = ModelStatus.LOADED, 1.0
             log.info(
                 "loaded %s on %s in %.1f s (%d MiB, %s)",
                 model_id,
@@ -196,13 +197,16 @@ class Residency:
                 str(entry.loaded.dtype).removeprefix("torch."),
             )
         except ApiError as exc:
-            entry.status, entry.error, entry.failure = "failed", exc.message, exc
+            entry.status, entry.error, entry.failure = ModelStatus.FAILED, exc.message, exc
             log.info("loading %s failed: %s", model_id, exc.message)
         except Exception as exc:  # a bug or a broken checkpoint: keep the neuron serving
             log.exception("loading %s failed", model_id)
-            entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
+            entry.status, entry.error = ModelStatus.FAILED, f"{type(exc).__name__}: {exc}"
             entry.failure = ApiError("internal", f"loading {model_id!r} failed: {type(exc).__name__}: {exc}")
-        if entry.status == "failed":
+        if self.on_load_end is not None:
+            result = "ok" if entry.status == ModelStatus.LOADED else "failed"
+            self.on_load_end(model_id, time.monotonic() - started, result)
+        if entry.status == ModelStatus.FAILED:
             entry.failed_at = time.monotonic()
             self._forget_old_failures()
 
@@ -212,7 +216,7 @@ class Residency:
         every bad load anyone asks for."""
         now = time.monotonic()
         failed = sorted(
-            ((e.failed_at or now, m) for m, e in self.entries.items() if e.status == "failed"), reverse=True
+            ((e.failed_at or now, m) for m, e in self.entries.items() if e.status == ModelStatus.FAILED), reverse=True
         )
         for rank, (at, model_id) in enumerate(failed):
             if rank >= FAILED_KEPT or now - at > FAILED_KEPT_SECS:
@@ -222,19 +226,19 @@ class Residency:
         """Waits for a load; raises its failure (with its own status) when it failed."""
         if entry.task is not None:
             await asyncio.shield(entry.task)
-        if entry.status == "failed":
+        if entry.status == ModelStatus.FAILED:
             raise entry.failure or ApiError("internal", entry.error or "load failed")
 
     async def unload(self, model_id: str) -> None:
         entry = self.entries.get(model_id)
-        if entry is None or entry.status == "unloading":
+        if entry is None or entry.status == ModelStatus.UNLOADING:
             raise ApiError("not_found", f"model {model_id!r} is not loaded", param="model_id")
-        if entry.status == "failed":  # nothing to unload; the failure is forgotten
+        if entry.status == ModelStatus.FAILED:  # nothing to unload; the failure is forgotten
             del self.entries[model_id]
             raise ApiError("not_found", f"model {model_id!r} is not loaded (its load failed)", param="model_id")
-        if entry.status == "loading" and entry.task is not None:
+        if entry.status == ModelStatus.LOADING and entry.task is not None:
             await asyncio.shield(entry.task)
-        entry.status = "unloading"
+        entry.status = ModelStatus.UNLOADING
         loaded = entry.loaded
         if loaded is not None:
             await loaded.admission.drained()
@@ -251,12 +255,12 @@ class Residency:
     def get(self, model_id: str) -> LoadedModel:
         """The loaded model for a request; 404 when unknown, 503 while it loads or unloads."""
         entry = self.entries.get(model_id)
-        if entry is None or entry.status == "failed":
-            loaded = ", ".join(sorted(m for m, e in self.entries.items() if e.status == "loaded")) or "none"
+        if entry is None or entry.status == ModelStatus.FAILED:
+            loaded = ", ".join(sorted(m for m, e in self.entries.items() if e.status == ModelStatus.LOADED)) or "none"
             raise ApiError(
                 "not_found", f"model {model_id!r} is not loaded on this neuron (loaded: {loaded})", param="model"
             )
-        if entry.status != "loaded" or entry.loaded is None:
+        if entry.status != ModelStatus.LOADED or entry.loaded is None:
             raise ApiError(
                 "unavailable", f"model {model_id!r} is {entry.status}", code=f"model_{entry.status}", retry_after=2.0
             )
@@ -267,7 +271,7 @@ class Residency:
         resident) its tokenizer and template read from the local files, never downloaded. Blocking:
         call it off the event loop."""
         entry = self.entries.get(model_id)
-        if entry is not None and entry.status == "loaded" and entry.loaded is not None:
+        if entry is not None and entry.status == ModelStatus.LOADED and entry.loaded is not None:
             return entry.loaded
         side = self._text.get(model_id)
         if side is None:
@@ -313,7 +317,7 @@ class Residency:
         return [
             msgspec.structs.replace(e.spec, devices=list(e.devices))
             for e in self.entries.values()
-            if e.status in ("loading", "loaded")
+            if e.status in (ModelStatus.LOADING, ModelStatus.LOADED)
         ]
 
     def infos(self) -> list[ModelInfo]:
@@ -325,7 +329,7 @@ class Residency:
                 ModelInfo(
                     id=model_id,
                     harness="torch",
-                    status="loading" if e.status == "unloading" else e.status,
+                    status=ModelStatus.LOADING if e.status == ModelStatus.UNLOADING else e.status,
                     devices=e.devices,
                     vram_used_mb=(lm.memory_bytes >> 20) if lm is not None else None,
                     quant=e.spec.quant,

@@ -21,7 +21,18 @@ import time
 import msgspec
 from sanic import Request, Sanic, response
 
-from cortex.protocol.fleet import CpuInfo, DeviceHealth, DeviceInfo, Discovery, Health, ModelHealth, ModelInfo
+from cortex.protocol.fleet import (
+    CpuInfo,
+    DeviceHealth,
+    DeviceInfo,
+    Discovery,
+    Endpoint,
+    Footprint,
+    Health,
+    ModelHealth,
+    ModelInfo,
+    TokenCount,
+)
 
 
 def build(name: str, port: int, spec: dict) -> Sanic:
@@ -35,6 +46,8 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         "die_after": spec.get("die_after"),  # chunks before the process exits mid-stream
         "garbage": spec.get("garbage", False),
         "stall_secs": spec.get("stall_secs", 0),
+        "polls_fail": spec.get("polls_fail", False),  # /health answers 503 (a neuron that stopped answering)
+        "queue_ms": spec.get("queue_ms", 0.0),  # the admission wait it reports (x-neuron-queue-ms)
         "script": spec.get("script"),  # chat chunks ({"delta", "finish_reason", "stop_reason"}) to answer with
         "error_after": spec.get("error_after"),  # script chunks before an error event
         "prompt_tokens": spec.get("prompt_tokens", 7),
@@ -98,6 +111,8 @@ def build(name: str, port: int, spec: dict) -> Sanic:
 
     @app.get("/health")
     async def health(request: Request):
+        if state["polls_fail"]:
+            return response.json({"error": {"message": "not answering", "type": "x"}}, status=503)
         per, host = used()
         return encode(
             Health(
@@ -214,11 +229,11 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         if rest.endswith("/footprint"):
             model = rest.removesuffix("/footprint")
             need = footprint(model)
-            return response.json({"model_id": model, "cpu_mb": need, "gpu_mb": need})
+            return encode(Footprint(model_id=model, cpu_mb=need, gpu_mb=need))
         model = rest.removesuffix("/endpoint")
         if state["models"].get(model) != "loaded":
             return response.json({"error": {"message": "not loaded"}}, status=404)
-        return response.json({"url": f"http://127.0.0.1:{port}"})
+        return encode(Endpoint(url=f"http://127.0.0.1:{port}"))
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
@@ -226,7 +241,7 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         state["last_tokenize"] = body
         if state["tokenize_status"] != 200:
             return response.json({"error": {"message": "no files here", "type": "x"}}, status=state["tokenize_status"])
-        return response.json({"count": state["prompt_tokens"], "max_context": 4096})
+        return encode(TokenCount(count=state["prompt_tokens"], max_context=4096))
 
     def merged(script: list[dict]) -> dict:
         """A whole completion's message and finish from a chunk script."""
@@ -282,6 +297,14 @@ def build(name: str, port: int, spec: dict) -> Sanic:
         completion = state["tokens"] if script is None else len(script)
         prompt = state["prompt_tokens"]
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        steps = max(0, completion - 1)  # the neuron's own timing, as a real one reports it
+        timings = {
+            "prompt_n": prompt,
+            "prompt_ms": 1.0,
+            "predicted_n": steps,
+            "predicted_ms": steps * state["token_delay"] * 1000,
+        }
+        queued = {"x-neuron-queue-ms": str(state["queue_ms"])}
         if not body.get("stream"):
             await asyncio.sleep(state["token_delay"] * completion)
             choice = (
@@ -297,9 +320,11 @@ def build(name: str, port: int, spec: dict) -> Sanic:
                     "model": model,
                     "choices": [choice],
                     "usage": usage,
-                }
+                    "timings": timings,
+                },
+                headers=queued,
             )
-        resp = await request.respond(content_type="text/event-stream")
+        resp = await request.respond(content_type="text/event-stream", headers=queued)
         continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
 
         def chunk(delta: dict, finish=None, with_usage=False, done=0, stop_reason=None) -> bytes:
@@ -313,7 +338,7 @@ def build(name: str, port: int, spec: dict) -> Sanic:
             if stop_reason is not None:
                 obj["choices"][0]["stop_reason"] = stop_reason
             if with_usage:
-                obj["usage"] = usage
+                obj["usage"], obj["timings"] = usage, timings
             elif continuous:
                 obj["usage"] = {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
             return b"data: " + json.dumps(obj).encode() + b"\n\n"

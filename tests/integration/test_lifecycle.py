@@ -50,7 +50,7 @@ def test_lru_evicts_the_least_recently_used_model(start_fleet):
     )
     for model in ("m1", "m2", "m1"):  # m2 is now the least recently used
         assert ask(fleet, model).status_code == 200
-    time.sleep(0.3)
+    settled(fleet)
     assert ask(fleet, "m3").status_code == 200
     stats = fleet.stats("a")
     assert stats["unloads"] == ["m2"] and sorted(stats["models"]) == ["m1", "m3"]
@@ -65,7 +65,7 @@ def test_priority_evicts_the_lowest_priority_first(start_fleet):
     )
     for model in ("mid", "low"):  # low is the most recently used, but the lowest priority
         assert ask(fleet, model).status_code == 200
-    time.sleep(0.3)
+    settled(fleet)
     assert ask(fleet, "new").status_code == 200
     assert fleet.stats("a")["unloads"] == ["low"]
     assert evictions(fleet) == {("low", "priority"): 1.0}
@@ -79,7 +79,7 @@ def test_pinned_and_higher_priority_models_survive_and_a_model_that_cannot_displ
     )
     for model in ("pinned", "vip"):
         assert ask(fleet, model).status_code == 200
-    time.sleep(0.3)
+    settled(fleet)
     r = ask(fleet, "new")
     assert r.status_code == 503 and r.headers["retry-after"]
     message = r.json()["error"]["message"]
@@ -103,7 +103,7 @@ def test_a_model_in_use_drains_before_it_is_evicted_and_its_stream_completes(sta
 
     reader = threading.Thread(target=stream)
     reader.start()
-    time.sleep(0.1)
+    wait_until(lambda: in_flight(fleet, "busy") == 1, "the stream to start")
     started = time.monotonic()
     assert ask(fleet, "new").status_code == 200  # waits for the stream: busy drains first
     waited = time.monotonic() - started
@@ -132,10 +132,40 @@ def test_placement_prefers_a_neuron_with_room_over_evicting(start_fleet):
         models=catalogue("m1", "m2"),
         extra=eviction(),
     )
-    time.sleep(0.3)
+    settled(fleet)
     r = ask(fleet, "m2")
     assert r.status_code == 200 and r.headers["x-cortex-node"] == "b"
     assert fleet.stats("a")["unloads"] == [] and fleet.stats("b")["load_starts"] == ["m2"]
+
+
+def wait_until(condition, what: str, secs: float = 10.0):
+    """Polls ``condition()`` until it is true (returning it); fails naming ``what`` at the deadline."""
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def settled(fleet: FleetUnderTest, idle_secs: float = 0.25) -> None:
+    """Until the gateway is idle: no operation on any neuron, nothing in flight, nobody waiting,
+    and every resident unused for ``idle_secs`` (past eviction()'s swap_after_secs: no longer
+    "just used")."""
+
+    def idle() -> bool:
+        state = httpx.get(fleet.url + "/admin/fleet", timeout=5).json()
+        quiet = not state["waiting"] and all(n["busy"] is None and not n["in_flight"] for n in state["nodes"])
+        unused = all((m["idle_secs"] or 0) >= idle_secs for n in state["nodes"] for m in n["models"])
+        return quiet and unused
+
+    wait_until(idle, "the gateway to settle")
+
+
+def in_flight(fleet: FleetUnderTest, model: str, url: str | None = None) -> int:
+    state = httpx.get((url or fleet.url) + "/admin/fleet", timeout=5).json()
+    return sum(n["in_flight"].get(model, 0) for n in state["nodes"])
 
 
 @contextlib.contextmanager
@@ -193,7 +223,7 @@ def test_a_gateway_never_cuts_a_stream_another_gateway_relays(start_fleet, tmp_p
 
         reader = threading.Thread(target=stream)
         reader.start()
-        time.sleep(0.2)
+        wait_until(lambda: in_flight(fleet, "m1", url2) == 1, "the other gateway's stream to start")
         assert ask(fleet, "m2").status_code == 200  # the first gateway evicts m1 once the stream is done
         reader.join(10)
     assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines)
@@ -209,7 +239,7 @@ def test_operator_unload_of_a_busy_model_is_409_unless_forced(start_fleet):
     )
     reader = threading.Thread(target=lambda: ask(fleet, "m1"))
     reader.start()
-    time.sleep(0.3)
+    wait_until(lambda: in_flight(fleet, "m1") == 1, "the request to start")
     busy = httpx.post(fleet.url + "/admin/models/unload", json={"model": "m1"}, timeout=10)
     assert busy.status_code == 409 and "force" in busy.json()["error"]["message"]
     forced = httpx.post(fleet.url + "/admin/models/unload?force=true", json={"model": "m1"}, timeout=30)
@@ -321,7 +351,7 @@ def test_end_to_end_a_cold_request_evicts_the_lru_model_through_the_real_api(two
     second = ask(fleet, b, max_tokens=2)
     assert first.status_code == second.status_code == 200
     assert {first.headers["x-cortex-node"], second.headers["x-cortex-node"]} == {"left", "right"}
-    time.sleep(0.3)
+    settled(fleet)
     assert ask(fleet, a, max_tokens=2).status_code == 200  # b is now the least recently used
     r = ask(fleet, c, max_tokens=2)
     assert r.status_code == 200 and r.headers["x-cortex-node"] == second.headers["x-cortex-node"]

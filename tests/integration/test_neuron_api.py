@@ -478,6 +478,17 @@ def test_metrics_scrape_parses_and_reports_the_models(http, client):
     assert requests.get("test/plain", 0) >= 1
     decode = {s.labels["model"]: s.value for s in families["neuron_decode_tokens_per_second"].samples}
     assert decode["test/plain"] > 0
+    # every load counts, the default models loaded at start included (not only loads someone waited for)
+    loads = {
+        s.labels["model"]: s.value
+        for s in families["neuron_model_load_seconds"].samples
+        if s.name.endswith("_count") and s.labels["result"] == "ok"
+    }
+    assert loads.get("test/plain") == 1 and loads.get("helexa/demo") == 1
+    host_mb = families["neuron_host_memory_free_bytes"].samples[0].value / 2**20  # bytes, as /health's MB
+    assert host_mb > 0 and abs(host_mb - health(http)["memory_free_mb"]) < 256  # (the host's memory moves)
+    memory = {s.labels["model"]: s.value for s in families["neuron_model_memory_bytes"].samples}
+    assert memory["test/plain"] > 0
 
 
 # --- fields accepted by OpenAI that the neuron cannot honour yet ---------------------------

@@ -22,6 +22,8 @@ def test_help_names_every_command(tmp_path):
     for command in ("serve", "discover", "demo-model"):
         assert command in out.stdout
     assert neuron(cwd=tmp_path).returncode == 2  # no command is a usage error
+    version = neuron("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("neuron (helexa) ")
 
 
 def test_discover_prints_the_discovery_document(tmp_path):

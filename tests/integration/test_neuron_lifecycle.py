@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,22 +222,31 @@ def test_restart_drains_the_stream_then_comes_back_in_the_same_process_with_its_
         assert http.post("/models/unload", json={"model_id": "test/extra"}).status_code == 200
 
 
-def test_restart_cancels_a_stream_still_running_past_its_drain_timeout(restarting):
+def test_restart_ends_a_stream_still_running_past_its_drain_timeout_with_an_error_event(restarting):
     with httpx.Client(base_url=restarting.url, timeout=60) as http:
         body = {"model": "helexa/demo", "messages": USER, "max_tokens": 4000, "ignore_eos": True, "stream": True}
-        received = []
+        whole = {"model": "test/plain", "prompt": "x", "max_tokens": 4000, "ignore_eos": True}
+        answers: list[httpx.Response] = []
         with (
             httpx.Client(base_url=restarting.url, timeout=60) as streamer,
             streamer.stream("POST", "/v1/chat/completions", json=body) as stream,
         ):
             lines = stream.iter_lines()
             assert next(lines).startswith("data: ")
+            waiting = threading.Thread(
+                target=lambda: answers.append(httpx.post(restarting.url + "/v1/completions", json=whole, timeout=60))
+            )
+            waiting.start()
+            wait_for(lambda: http.get("/health").json()["models"]["test/plain"]["in_flight"] == 1, what="its start")
             asked_at = time.monotonic()
             r = http.post("/admin/restart", json={"drain_timeout_secs": 0.2})
             assert r.status_code == 202 and sorted(r.json()["models"]) == sorted(DEFAULTS)
-            with pytest.raises(httpx.HTTPError):  # cut off: the connection closes mid-stream
-                for line in lines:
-                    received.append(line)
-        assert "data: [DONE]" not in received
+            received = [line for line in lines if line]
+        waiting.join(30)
+        assert received[-1] == "data: [DONE]"  # the stream ends as a stream, saying why
+        error = json.loads(received[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "neuron_restarting" and "send the request again" in error["message"]
+        assert answers and answers[0].status_code == 503, answers  # the whole answer: a 503 to retry
+        assert answers[0].json()["error"]["code"] == "neuron_restarting" and int(answers[0].headers["retry-after"]) >= 1
         wait_restarted(restarting, http, asked_at, DEFAULTS)
         assert set(model_table(http)) == set(DEFAULTS)

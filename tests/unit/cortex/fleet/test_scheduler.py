@@ -114,6 +114,88 @@ def test_an_idle_neuron_restarts_after_its_load_unload_cycles():
     asyncio.run(main())
 
 
+def test_a_burst_spreads_over_the_replicas_instead_of_piling_onto_one():
+    async def main() -> None:
+        neurons = {"a": SimNeuron(vram_mb=30000), "b": SimNeuron(vram_mb=30000)}
+        fleet, client = fleet_of(neurons, ["A"], min_residency_secs=0)
+        for name in neurons:  # resident on both before the burst
+            await client.load(f"http://{name}", swap_thrash.ModelSpec(model_id="A"))
+        await asyncio.sleep(neurons["a"].load_secs * 2)
+        scheduler = await started_scheduler(fleet, client)
+        try:
+            await asyncio.gather(*(request(scheduler, neurons, "A") for _ in range(8)))
+            assert (neurons["a"].served, neurons["b"].served) == (4, 4)
+            assert all(n.in_flight.get("A", 0) == 0 for n in fleet.nodes.values())  # every count returned
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+
+
+def test_a_neuron_that_dies_during_a_cold_load_is_not_asked_again_at_every_tick():
+    async def main() -> None:
+        neurons = {"n": SimNeuron(load_secs=0.2)}
+        fleet, client = fleet_of(neurons, ["A"], max_wait_secs=1.0)
+        scheduler = await started_scheduler(fleet, client)
+        try:
+            waiting = asyncio.get_running_loop().create_task(request(scheduler, neurons, "A"))
+            await asyncio.sleep(0.05)  # the load is under way
+            neurons["n"].dead = True
+            with pytest.raises(ApiError) as info:
+                await waiting
+            assert info.value.status == 503 and info.value.retry_after
+            # one load asked, a few polls of its progress; never a load at every planner tick (10 ms)
+            assert neurons["n"].calls["load"] == 1
+            assert neurons["n"].calls.get("models", 0) < 60
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+
+
+def test_an_unload_during_a_cold_load_plans_again_for_the_waiting_requests():
+    async def main() -> None:
+        neurons = {"n": SimNeuron(load_secs=0.1)}
+        fleet, client = fleet_of(neurons, ["A"], min_residency_secs=0)
+        scheduler = await started_scheduler(fleet, client)
+        try:
+            waiting = asyncio.get_running_loop().create_task(request(scheduler, neurons, "A"))
+            await asyncio.sleep(0.03)
+            await client.unload("http://n", "A")  # an operator (or another gateway) unloads it mid-load
+            await waiting  # served: the scheduler loaded it again instead of failing the request
+            assert neurons["n"].loads == ["A", "A"] and neurons["n"].served == 1
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+
+
+def test_a_bug_planning_one_model_fails_its_own_requests_only():
+    async def main() -> None:
+        neurons = {"n": SimNeuron(vram_mb=30000)}
+        fleet, client = fleet_of(neurons, ["A", "B"], min_residency_secs=0)
+        scheduler = await started_scheduler(fleet, client)
+        place = scheduler._place
+
+        def broken_for_b(model, queue, now):
+            if model == "B":
+                raise RuntimeError("a planning bug")
+            return place(model, queue, now)
+
+        scheduler._place = broken_for_b  # type: ignore[method-assign]
+        try:
+            b = asyncio.get_running_loop().create_task(request(scheduler, neurons, "B"))
+            await asyncio.sleep(0.02)  # B queues first, then A
+            await request(scheduler, neurons, "A")  # still loads and serves
+            with pytest.raises(ApiError) as info:
+                await b
+            assert info.value.status == 500 and "could not plan" in info.value.message
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+
+
 # --- swap thrash (the figure itself: bench/swap_thrash.py) ----------------------------------
 
 

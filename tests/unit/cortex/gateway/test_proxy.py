@@ -28,10 +28,15 @@ def test_usage_is_found_in_the_last_event_even_split_across_chunks():
         b'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: {"choices":[{"delta":{},"finish_reason":"stop"}],'
         + b'"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}\n\ndata: [DONE]\n\n'
     )
-    assert _usage(tail) == (12, 34)
-    assert _usage(b'{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}}') == (1, 2)
+    final = _usage(tail)
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (12, 34) and final.timings is None
+    whole = _usage(
+        b'{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2},"timings":{"predicted_n":1,"predicted_ms":25.5}}'
+    )
+    assert (whole.usage.completion_tokens, whole.timings.predicted_n, whole.timings.predicted_ms) == (2, 1, 25.5)
     assert _usage(b"data: [DONE]\n\n") is None
     assert _usage(b'data: {"usage": broken\n\n') is None
+    assert _usage(b'data: {"usage": null}\n\n') is None
 
 
 def test_hop_by_hop_headers_never_cross():

@@ -104,3 +104,30 @@ def test_resident_specs_pin_each_model_to_its_devices(root, tmp_path):
         ModelSpec(model_id="a", devices=[0]),
         ModelSpec(model_id="b", harness="torch", wait=False, devices=[]),
     ]
+
+
+def test_failed_loads_are_kept_only_as_the_newest_few_for_a_while(root, tmp_path, monkeypatch):
+    from neuron.engine import residency as module
+
+    async def main() -> None:
+        res = residency(root, tmp_path)
+        ended: list[tuple[str, str]] = []
+        res.on_load_end = lambda model, secs, result: ended.append((model, result))
+        for i in range(module.FAILED_KEPT + 9):  # each is not found: a failed load
+            entry = await res.load(ModelSpec(model_id=f"nobody/missing-{i}"))
+            with pytest.raises(ApiError) as err:
+                await res.wait_loaded(entry)
+            assert err.value.status == 404
+        infos = res.infos()
+        assert len(infos) == module.FAILED_KEPT and all(i.status == "failed" for i in infos)
+        assert {i.id for i in infos} == {f"nobody/missing-{i}" for i in range(9, module.FAILED_KEPT + 9)}
+        assert all(i.error_status == 404 and "was not found" in i.error for i in infos)
+        assert ended == [(f"nobody/missing-{i}", "failed") for i in range(module.FAILED_KEPT + 9)]  # every load counted
+        monkeypatch.setattr(module, "FAILED_KEPT_SECS", 0.0)
+        assert res.infos() == []  # and none older than FAILED_KEPT_SECS
+        ok = await res.load(ModelSpec(model_id="helexa/demo", devices=[]))
+        await res.wait_loaded(ok)
+        assert ended[-1] == ("helexa/demo", "ok")
+        await res.close()
+
+    asyncio.run(main())
