@@ -27,11 +27,13 @@ async def poll_node(node: Node, client: NeuronClient) -> bool:
         reason = str(exc)
         if node.record_failure():
             log.warning("neuron %s is down (%d failed polls): %s", node.name, DOWN_AFTER_FAILURES, reason)
-        elif not node.up and reason != node.poll_error:  # never up, or the reason changed: say so once
+        elif not node.up and node.failures >= DOWN_AFTER_FAILURES and reason != node.poll_error:
+            # never up (past a start-up's grace of a few polls), or down for a new reason: say so once
             log.warning("neuron %s does not answer: %s", node.name, reason)
         else:
             log.debug("poll of %s failed: %s", node.name, reason)
-        node.poll_error = reason
+        if node.failures >= DOWN_AFTER_FAILURES:
+            node.poll_error = reason
         return False
     was_up = node.up
     node.poll_error = None

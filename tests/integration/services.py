@@ -46,6 +46,16 @@ class ServiceProcess:
             cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
         )
 
+    def wait_log(self, needle: str, deadline_secs: float = 10.0) -> str:
+        """The log once it holds ``needle`` (fails with the tail at the deadline)."""
+        deadline = time.monotonic() + deadline_secs
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        pytest.fail(f"{needle!r} never appeared in the log:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

@@ -451,7 +451,7 @@ def test_health_is_503_and_cortex_status_exits_1_when_the_fleet_is_down(start_fl
         cwd=tmp_path,
     )
     assert out.returncode == 1 and "fleet down: 0/1 neurons up" in out.stdout, out
-    assert "neuron gone does not answer" in fleet.gateway.log_path.read_text()
+    fleet.gateway.wait_log("neuron gone does not answer")
 
 
 def test_cortex_serve_reports_config_errors_in_one_line(tmp_path):
