@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Batch-1 latency of the neuron engine on the CPU against HF transformers, same weights, same run.
+"""The neuron engine on the CPU against HF transformers, same weights, same run.
 
 A Qwen3 with Qwen3-0.6B's dimensions (hidden 1024, 28 layers, 16 q / 8 kv heads, head_dim 128,
 intermediate 3072, vocab 151936, tied embeddings) and random weights is written once in HF layout.
-For each dtype: time to first token for a 128-token prompt, prefill tok/s, and decode tok/s over
-N generated tokens, for the neuron engine (the real generation loop: device worker, sampler,
-detokenizer) and for ``transformers`` ``generate`` (greedy). Also the neuron's per-token host
-overhead: wall time per decoded token minus the time spent inside the device jobs.
+For each dtype:
+
+- batch 1: time to first token for a ``--prompt``-token prompt, and decode tok/s over
+  ``--tokens`` generated tokens, for the engine (the real path: continuous batching on the device
+  thread, sampler, detokenizer) and for ``transformers`` ``generate`` (greedy);
+- concurrency: aggregate decode tok/s of 1, 4, 8, 16 streams at once (distinct prompts), measured
+  in the window where every stream is decoding, against ``generate`` at batch 8 (one batch of 8
+  prompts of equal length, so no padding);
+- prefix cache: TTFT of a 2,048-token prompt whose first 2,000 tokens were the previous request's,
+  against the same prompt cold.
 
     python bench/neuron_decode.py [--tokens 64] [--prompt 128] [--dtypes float32,bfloat16]
+                                  [--streams 1,4,8,16] [--no-transformers] [--quick]
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +34,9 @@ import torch
 
 from neuron.demo import demo_template, demo_text, qwen3_config, random_weights, train_tokenizer, write_model_dir
 from neuron.engine.admission import Admission
+from neuron.engine.engine import EngineRequest, Output
 from neuron.engine.generation import GenerationRequest, Outcome, generate
-from neuron.engine.loaded import load_model
+from neuron.engine.loaded import KVSettings, LoadedModel, load_model, release_model
 from neuron.engine.sampling import SamplingParams
 from neuron.engine.worker import DeviceWorker
 
@@ -40,138 +50,234 @@ QWEN3_06B = dict(
     max_position_embeddings=40960,
     tie_word_embeddings=True,
 )
+VOCAB = 151936
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def write_model(out: Path) -> Path:
     if (out / "model.safetensors").is_file():
         return out
     tok = train_tokenizer(demo_text())
-    cfg = qwen3_config(151936, **QWEN3_06B)
+    cfg = qwen3_config(VOCAB, **QWEN3_06B)
     weights = random_weights(cfg, seed=0)
     return write_model_dir(out, tok, cfg, weights, template=demo_template())
 
 
-def bench_neuron(model_dir: Path, dtype: torch.dtype, prompt: list[int], tokens: int, reps: int) -> dict:
-    worker = DeviceWorker(torch.device("cpu"))
-    lm = worker.call(
+def prompts(n: int, length: int, seed: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (length,), generator=gen).tolist() for _ in range(n)]
+
+
+async def load(model_dir: Path, dtype: torch.dtype, worker: DeviceWorker, max_num_seqs: int) -> LoadedModel:
+    settings = KVSettings(kv_cache_mb=4096, share=0.25, max_num_seqs=max_num_seqs, max_batch_tokens=512)
+    lm = await worker.run(
         load_model,
         "bench",
         model_dir,
         worker,
         dtype,
-        Admission("bench", 1, 0, 1),
+        Admission("bench", max_num_seqs, 0, 1),
+        settings,
         free_bytes=lambda: 1 << 40,
         progress=lambda f: None,
+        loop=asyncio.get_running_loop(),
     )
     lm.eos_ids = set()  # random weights: never stop early
-    busy = {"secs": 0.0}
-    for name in ("prefill", "decode"):
-        inner = getattr(lm, name)
+    return lm
 
-        def timed(*a, _inner=inner, **k):
-            t0 = time.perf_counter()
-            try:
-                return _inner(*a, **k)
-            finally:
-                busy["secs"] += time.perf_counter() - t0
 
-        setattr(lm, name, timed)
+async def stream(lm: LoadedModel, prompt: list[int], n: int) -> list[float]:
+    """One request through the engine; the arrival time of each token."""
+    outputs: asyncio.Queue[Output] = asyncio.Queue()
+    lm.engine.submit(EngineRequest(prompt, n, GREEDY, frozenset(), outputs.put_nowait))
+    times: list[float] = []
+    while True:
+        out = await outputs.get()
+        times += [time.perf_counter()] * len(out.tokens)
+        if out.finish is not None:
+            return times
 
-    async def one(n: int) -> tuple[float, float, float]:
-        req = GenerationRequest(prompt_ids=prompt, max_new_tokens=n, params=SamplingParams(temperature=0.0))
-        busy["secs"] = 0.0
+
+async def ttft_and_decode(lm: LoadedModel, prompt: list[int], tokens: int) -> tuple[float, float]:
+    """Through the whole event-loop path (detokenizer, stop matcher, parser): TTFT and decode
+    tok/s of one stream, timed by the tokens as the engine hands them over."""
+    req = GenerationRequest(prompt_ids=prompt, max_new_tokens=tokens, params=GREEDY, ignore_eos=True)
+    times: list[float] = []
+    submit = lm.engine.submit
+
+    def timed(request: EngineRequest) -> int:
+        deliver = request.deliver
+        request.deliver = lambda out: (times.extend([time.perf_counter()] * len(out.tokens)), deliver(out))
+        return submit(request)
+
+    lm.engine.submit = timed  # (one stream at a time: nothing else submits meanwhile)
+    try:
         t0 = time.perf_counter()
-        first = None
         async for _ in generate(lm, req, Outcome(prompt_tokens=len(prompt))):
-            if first is None:
-                first = time.perf_counter() - t0
-        return first or 0.0, time.perf_counter() - t0, busy["secs"]
+            pass
+    finally:
+        lm.engine.submit = submit
+    decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    return times[0] - t0, decode
+
+
+def steady_rate(all_times: list[list[float]]) -> float:
+    """Tokens per second of all streams together while every one of them was decoding."""
+    start = max(t[0] for t in all_times)
+    end = min(t[-1] for t in all_times)
+    if end <= start:
+        return float("nan")
+    count = sum(sum(1 for x in t if start < x <= end) for t in all_times)
+    return count / (end - start)
+
+
+def bench_neuron(args, model_dir: Path, dtype: torch.dtype) -> dict:
+    streams = [int(s) for s in args.streams.split(",")]
 
     async def run() -> dict:
-        await one(4)  # warm up
-        ttfts, decodes, overheads = [], [], []
-        for _ in range(reps):
-            ttft, _, _ = await one(1)
-            _, total, inside = await one(tokens)
-            ttfts.append(ttft)
-            decodes.append((tokens - 1) / (total - ttft))
-            overheads.append((total - inside) / tokens)
-        return {
-            "ttft": statistics.median(ttfts),
-            "decode": statistics.median(decodes),
-            "overhead_ms": statistics.median(overheads) * 1e3,
-        }
+        worker = DeviceWorker(torch.device("cpu"))
+        lm = await load(model_dir, dtype, worker, max(streams))
+        out: dict = {}
+        try:
+            p = prompts(1, args.prompt, 0)[0]
+            await ttft_and_decode(lm, p, 4)  # warm up
+            runs = [
+                await ttft_and_decode(lm, prompts(1, args.prompt, 100 + r)[0], args.tokens) for r in range(args.reps)
+            ]
+            out["ttft"] = statistics.median(r[0] for r in runs)
+            out["decode"] = statistics.median(r[1] for r in runs)
+            for c in streams:
+                rates = []
+                for r in range(args.reps):
+                    batch = prompts(c, args.prompt, 1000 * c + r)
+                    times = await asyncio.gather(*(stream(lm, q, args.tokens) for q in batch))
+                    rates.append(steady_rate(times))
+                out[f"streams{c}"] = statistics.median(rates)
+            # prefix cache: the previous request's first 2000 tokens, then 48 new ones
+            base = prompts(1, 2048, 7)[0]
+            cold_prompt = prompts(1, 2048, 8)[0]
+            cold = statistics.median([(await ttft_and_decode(lm, prompts(1, 2048, 9 + r)[0], 1))[0] for r in range(2)])
+            await ttft_and_decode(lm, base, 1)
+            warm = (await ttft_and_decode(lm, base[:2000] + cold_prompt[:48], 1))[0]
+            out["prefix_cold"], out["prefix_warm"] = cold, warm
+        finally:
+            await worker.run(release_model, lm)
+            worker.close()
+        return out
 
-    try:
-        return asyncio.run(run())
-    finally:
-        worker.close()
+    return asyncio.run(run())
 
 
-def bench_transformers(model_dir: Path, dtype: torch.dtype, prompt: list[int], tokens: int, reps: int) -> dict:
+def bench_transformers(args, model_dir: Path, dtype: torch.dtype) -> dict:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
     cfg = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0)
 
-    def gen(n: int) -> float:
+    def gen(batch: list[list[int]], n: int) -> float:
+        ids = torch.tensor(batch)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, generation_config=cfg)
+            model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, generation_config=cfg
+            )
         return time.perf_counter() - t0
 
-    gen(4)
-    ttfts, decodes = [], []
-    for _ in range(reps):
-        ttft = gen(1)
-        total = gen(tokens)
+    gen(prompts(1, args.prompt, 0), 4)
+    out: dict = {}
+    ttfts, decodes, batched = [], [], []
+    for r in range(args.reps):
+        p = prompts(1, args.prompt, 100 + r)
+        ttft = gen(p, 1)
+        total = gen(p, args.tokens)
         ttfts.append(ttft)
-        decodes.append((tokens - 1) / (total - ttft))
-    return {"ttft": statistics.median(ttfts), "decode": statistics.median(decodes), "overhead_ms": float("nan")}
+        decodes.append((args.tokens - 1) / (total - ttft))
+        eight = prompts(8, args.prompt, 5000 + r)
+        first8 = gen(eight, 1)
+        total8 = gen(eight, args.tokens)
+        batched.append(8 * (args.tokens - 1) / (total8 - first8))
+    out["ttft"], out["decode"] = statistics.median(ttfts), statistics.median(decodes)
+    out["batch8"] = statistics.median(batched)
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=64, help="tokens generated per decode run (default: %(default)s)")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens generated per stream (default: %(default)s)")
     ap.add_argument("--prompt", type=int, default=128, help="prompt length in tokens (default: %(default)s)")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="(default: %(default)s)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--streams", default="1,4,8,16", help="concurrent streams per row (default: %(default)s)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "helexa-bench-qwen3-0.6b"))
-    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
+    ap.add_argument("--quick", action="store_true", help="bfloat16 only, one repetition, 32 tokens")
     args = ap.parse_args()
+    if args.quick:
+        args.dtypes, args.reps, args.tokens = "bfloat16", 1, 32
     torch.set_num_threads(args.threads)
     model_dir = write_model(Path(args.workdir))
-    prompt = torch.randint(0, 151936, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
 
     from neuron import ops
 
-    print("# neuron decode on the CPU, batch 1\n")
+    print("# neuron engine on the CPU against transformers\n")
     print(f"- model: Qwen3 with Qwen3-0.6B dimensions, random weights ({model_dir})")
-    print(f"- prompt {args.prompt} tokens, {args.tokens} generated, {args.threads} threads, medians of {args.reps}")
-    print(f"- torch {torch.__version__}, helexa {ops.build_info()['version']}, CPU ISA {ops.cpu_isa()}\n")
-    print("| engine | dtype | TTFT ms | prefill tok/s | decode tok/s | host overhead ms/token |")
-    print("|---|---|---|---|---|---|")
-    best_hf, best_ours = 0.0, 0.0
+    print(f"- CPU {_cpu()}, {args.threads} threads, ISA {ops.cpu_isa()}; torch {torch.__version__}, commit {_commit()}")
+    print(f"- prompt {args.prompt} tokens, {args.tokens} generated per stream, medians of {args.reps}\n")
+    streams = [int(s) for s in args.streams.split(",")]
+    header = ["engine", "dtype", "TTFT ms", "decode tok/s", *(f"{c} streams tok/s" for c in streams), "HF batch 8"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    results = {}
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name)
-        rows = [("neuron", bench_neuron(model_dir, dtype, prompt, args.tokens, args.reps))]
-        if not args.no_transformers:
-            rows.append(("transformers", bench_transformers(model_dir, dtype, prompt, args.tokens, args.reps)))
-        for engine, r in rows:
+        ours = bench_neuron(args, model_dir, dtype)
+        hf = bench_transformers(args, model_dir, dtype) if not args.no_transformers else None
+        results[name] = (ours, hf)
+        cells = [f"{ours.get(f'streams{c}', float('nan')):.1f}" for c in streams]
+        print(f"| neuron | {name} | {ours['ttft'] * 1e3:.0f} | {ours['decode']:.1f} | " + " | ".join(cells) + " | |")
+        if hf is not None:
             print(
-                f"| {engine} | {name} | {r['ttft'] * 1e3:.0f} | {args.prompt / r['ttft']:.0f} | {r['decode']:.1f} | "
-                f"{r['overhead_ms']:.2f} |".replace("nan", "—"),
+                f"| transformers | {name} | {hf['ttft'] * 1e3:.0f} | {hf['decode']:.1f} | "
+                + " | " * len(streams)
+                + f"{hf['batch8']:.1f} |",
                 flush=True,
             )
-            if engine == "neuron":
-                best_ours = max(best_ours, r["decode"])
-            else:
-                best_hf = max(best_hf, r["decode"])
-    if best_hf:
-        print(f"\n- best neuron decode / best transformers decode: {best_ours / best_hf:.2f}x (bar: >= 1.5x)")
+    print("\n## bars\n")
+    for name, (ours, hf) in results.items():
+        one = ours.get("streams1") or ours["decode"]
+        if "streams8" in ours:
+            print(f"- {name}: 8 streams / 1 stream: {ours['streams8'] / one:.2f}x (bar: >= 5x)")
+        if hf is not None:
+            if "streams8" in ours:
+                print(
+                    f"- {name}: 8 streams / transformers batch 8: {ours['streams8'] / hf['batch8']:.2f}x (bar: >= 1.5x)"
+                )
+            print(
+                f"- {name}: 1-stream decode / transformers batch 1: {ours['decode'] / hf['decode']:.2f}x (bar: >= 1.5x)"
+            )
+        print(
+            f"- {name}: prefix cache TTFT, 2,048-token prompt: cold {ours['prefix_cold'] * 1e3:.0f} ms, "
+            f"2,000 cached {ours['prefix_warm'] * 1e3:.0f} ms: {ours['prefix_cold'] / ours['prefix_warm']:.1f}x "
+            "(bar: >= 10x)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/attention.h"
 #include "common/cpu_isa.h"
 #include "common/dtype.h"
 #include "common/thread_pool.h"
@@ -65,7 +66,7 @@ py::dict build_info() {
   info["cuda_archs"] = std::string(HELEXA_CUDA_ARCHS);
   info["compiler"] = std::string(__VERSION__);
   info["cpu_isas"] = helexa::usable_isa_names();
-  info["native_kernels"] = std::vector<std::string>{"quant", "dense"};
+  info["native_kernels"] = std::vector<std::string>{"quant", "dense", "attention"};
   return info;
 }
 
@@ -121,6 +122,13 @@ PYBIND11_MODULE(_C, m) {
       py::arg("y"), py::arg("x"), py::arg("w"), py::arg("n"), py::arg("k"), py::arg("y_dtype"),
       py::call_guard<py::gil_scoped_release>());
   m.def(
+      "matmul_bf16_cpu",
+      [](uintptr_t y, uintptr_t x, uintptr_t w, int64_t m, int64_t n, int64_t k, DType y_t) {
+        helexa::dense::matmul_bf16_cpu(ptr<void>(y), ptr<const uint16_t>(x), ptr<const uint16_t>(w), m, n, k, y_t);
+      },
+      py::arg("y"), py::arg("x"), py::arg("w"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("y_dtype"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
       "rms_norm_bf16_cpu",
       [](uintptr_t out, uintptr_t x, uintptr_t w, int64_t outer, int64_t inner, int64_t dim, int64_t outer_stride,
          int64_t inner_stride, float eps) {
@@ -129,6 +137,20 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("out"), py::arg("x"), py::arg("w"), py::arg("outer"), py::arg("inner"), py::arg("dim"),
       py::arg("outer_stride"), py::arg("inner_stride"), py::arg("eps"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "paged_decode_cpu",
+      [](uintptr_t out, uintptr_t q, uintptr_t k_pool, uintptr_t v_pool, uintptr_t block_tables,
+         uintptr_t context_lens, int64_t seqs, int64_t heads, int64_t kv_heads, int64_t head_dim,
+         int64_t block_tokens, int64_t max_blocks, float scale, DType dtype) {
+        helexa::attention::paged_decode_cpu(ptr<void>(out), ptr<const void>(q), ptr<const void>(k_pool),
+                                             ptr<const void>(v_pool), ptr<const int64_t>(block_tables),
+                                             ptr<const int64_t>(context_lens), seqs, heads, kv_heads, head_dim,
+                                             block_tokens, max_blocks, scale, dtype);
+      },
+      py::arg("out"), py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_tables"),
+      py::arg("context_lens"), py::arg("seqs"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
+      py::arg("block_tokens"), py::arg("max_blocks"), py::arg("scale"), py::arg("dtype"),
+      py::call_guard<py::gil_scoped_release>());
   m.def("qmatmul_workspace_bytes", &helexa::quant::qmatmul_workspace_bytes, py::arg("m"), py::arg("k"),
         py::arg("qtype"));
   m.def(

@@ -28,17 +28,21 @@ __all__ = [
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_DTYPES = ("auto", "float32", "bfloat16")
+LEGACY_KEYS = {  # read under their new names, with a warning
+    "admission.max_in_flight": "admission.max_num_seqs",
+    "prefill_chunk_tokens": "max_batch_tokens",
+}
 RESTORE_MODELS_ENV = "NEURON_RESTORE_MODELS"  # a JSON list of load specs, set by a restart for its new process
 
 
 class AdmissionSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    max_in_flight: int = 1
+    max_num_seqs: int | None = None  # sequences a model batches at once; default per device kind
     max_queue_depth: int = 8
     max_wait_secs: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight: expected an integer >= 1, got {self.max_in_flight}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs: expected an integer >= 1, got {self.max_num_seqs}")
         if self.max_queue_depth < 0:
             raise ValueError(f"max_queue_depth: expected an integer >= 0, got {self.max_queue_depth}")
         if self.max_wait_secs <= 0:
@@ -54,7 +58,8 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     allow_download: bool = True
     device: str = "auto"
     cpu_dtype: str = "auto"  # beyond the contract: float32 | bfloat16 | auto (bfloat16 where the CPU has it)
-    prefill_chunk_tokens: int = 512
+    max_batch_tokens: int | None = None  # tokens of one engine step (decodes + prefill chunks); per device kind
+    kv_cache_mb: int | None = None  # the KV pool of each model; default: a share of what is free after the weights
     cpu_memory_mb: int | None = None  # beyond the contract: cap on host memory for CPU-resident models
     api_key: str | None = None  # the fleet key: required on every route but /health and /version when set
     admission: AdmissionSection = AdmissionSection()
@@ -67,8 +72,10 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
             raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.cpu_dtype not in CPU_DTYPES:
             raise ValueError(f"cpu_dtype: expected one of {', '.join(CPU_DTYPES)}, got {self.cpu_dtype!r}")
-        if self.prefill_chunk_tokens < 16:
-            raise ValueError(f"prefill_chunk_tokens: expected an integer >= 16, got {self.prefill_chunk_tokens}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 16:
+            raise ValueError(f"max_batch_tokens: expected an integer >= 16, got {self.max_batch_tokens}")
+        if self.kv_cache_mb is not None and self.kv_cache_mb <= 0:
+            raise ValueError(f"kv_cache_mb: expected an integer > 0, got {self.kv_cache_mb}")
         if self.cpu_memory_mb is not None and self.cpu_memory_mb <= 0:
             raise ValueError(f"cpu_memory_mb: expected an integer > 0, got {self.cpu_memory_mb}")
         if self.api_key is not None and (not self.api_key or self.api_key != self.api_key.strip()):
@@ -89,7 +96,7 @@ def load_neuron_config(path: Path | None, env: dict[str, str] | None = None) -> 
     """Loads and checks the config; relative paths become absolute from the file's directory."""
     env = dict(os.environ) if env is None else env
     overrides = {k: v for k, v in env.items() if k != RESTORE_MODELS_ENV}
-    cfg = load_config(path, NeuronConfig, env=overrides, env_prefix="NEURON_")
+    cfg = load_config(path, NeuronConfig, env=overrides, env_prefix="NEURON_", renames=LEGACY_KEYS)
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     roots = [str(resolve_path(base, r)) for r in cfg.model_roots]
     hf_cache = str(resolve_path(base, cfg.hf_cache)) if cfg.hf_cache else _default_hf_cache(env)

@@ -70,6 +70,8 @@ class ModelHealth(msgspec.Struct, kw_only=True):
     in_flight: int
     queued: int
     load_progress: float | None = None
+    kv_capacity_tokens: int | None = None  # the model's KV pool, in tokens (once loaded)
+    kv_used_tokens: int | None = None  # tokens' worth of its blocks in use now
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -90,6 +92,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     load_progress: float | None
     error: str | None
     error_status: int | None = None  # the HTTP status the failed load answered (404: the model is not here)
+    kv_capacity_tokens: int | None = None  # the model's KV pool, in tokens (part of vram_used_mb)
+    kv_used_tokens: int | None = None
 
 
 class Endpoint(msgspec.Struct, kw_only=True):

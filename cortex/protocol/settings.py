@@ -119,12 +119,6 @@ def load_config(
             raise ConfigError(f"{source}: (file): cannot be read ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: (syntax): {exc}") from None
-    for old, new in (renames or {}).items():
-        if old in raw:
-            log.warning("%s: [%s] is the legacy name of [%s]; reading it as [%s]", source, old, new, new)
-            if new in raw:
-                raise ConfigError(f"{source}: {old}: both [{old}] and its new name [{new}] are present")
-            raw[new] = raw.pop(old)
     from_env: dict[str, str] = {}
     for var, value in sorted(env.items()):
         if not var.startswith(env_prefix) or len(var) == len(env_prefix):
@@ -138,12 +132,29 @@ def load_config(
             node = child
         node[keys[-1]] = _env_value(value)
         from_env[".".join(keys)] = var
+    for old, new in (renames or {}).items():
+        _rename(raw, old, new, source)
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
         key, what = _explain(exc, kind)
         where = f"{from_env[key]} (environment)" if key in from_env else source
         raise ConfigError(f"{where}: {key}: {what}") from None
+
+
+def _rename(raw: dict[str, Any], old: str, new: str, source: str) -> None:
+    """Reads a legacy key (or table) ``old`` as ``new``; both are dotted paths in one table."""
+    *where, old_key = old.split(".")
+    new_key = new.split(".")[-1]
+    node: Any = raw
+    for key in where:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or old_key not in node:
+        return
+    log.warning("%s: %s is the legacy name of %s; reading it as %s", source, old, new, new)
+    if new_key in node:
+        raise ConfigError(f"{source}: {old}: both {old} and its new name {new} are present")
+    node[new_key] = node.pop(old_key)
 
 
 def resolve_path(base: Path, value: str) -> Path:

@@ -78,6 +78,68 @@ __attribute__((target("avx512bf16"))) void rows_dot(const uint16_t* w, int64_t k
   for (; r + 4 <= nrows; r += 4) dot_rows<4>(w + r * k, k, x, out + r);
   for (; r < nrows; ++r) dot_rows<1>(w + r * k, k, x, out + r);
 }
+
+// R weight rows against M activation rows at once: each weight vector, loaded once, meets every
+// activation row in registers (R * M accumulators), so M rows cost about one pass over W.
+template <int R, int M>
+__attribute__((target("avx512bf16"))) void dot_block(const uint16_t* w, int64_t k, const uint16_t* x, float* out,
+                                                     int64_t out_stride) {
+  __m512 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < M; ++j) acc[r][j] = _mm512_setzero_ps();
+  const int64_t k32 = k / 32 * 32;
+  for (int64_t i = 0; i < k32; i += 32) {
+    __m512i wv[R];
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r + R) * k + i), _MM_HINT_T0);
+      wv[r] = _mm512_loadu_si512(w + r * k + i);
+    }
+    for (int j = 0; j < M; ++j) {
+      const __m512i xv = _mm512_loadu_si512(x + j * k + i);
+      for (int r = 0; r < R; ++r) acc[r][j] = dot32(acc[r][j], wv[r], xv);
+    }
+  }
+  if (k32 < k) {
+    const __mmask32 m = static_cast<__mmask32>((1ull << (k - k32)) - 1);
+    __m512i wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(m, w + r * k + k32);
+    for (int j = 0; j < M; ++j) {
+      const __m512i xv = _mm512_maskz_loadu_epi16(m, x + j * k + k32);
+      for (int r = 0; r < R; ++r) acc[r][j] = dot32(acc[r][j], wv[r], xv);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < M; ++j) out[j * out_stride + r] = _mm512_reduce_add_ps(acc[r][j]);
+}
+
+template <int M>
+__attribute__((target("avx512bf16"))) void block_rows(const uint16_t* w, int64_t k, int64_t nrows, const uint16_t* x,
+                                                      float* out, int64_t out_stride) {
+  constexpr int R = M <= 4 ? 4 : 2;  // R * M <= 16 accumulators
+  int64_t r = 0;
+  for (; r + R <= nrows; r += R) dot_block<R, M>(w + r * k, k, x, out + r, out_stride);
+  for (; r < nrows; ++r) dot_block<1, M>(w + r * k, k, x, out + r, out_stride);
+}
+
+constexpr int64_t kStep = 4;
+
+__attribute__((target("avx512bf16"))) void multi_dot(const uint16_t* w, int64_t k, int64_t nrows, const uint16_t* x,
+                                                     int64_t m, float* out, int64_t out_stride) {
+  for (int64_t j = 0; j < m; j += kStep) {  // a few activation rows at a time: at most 16 accumulators
+    const uint16_t* xj = x + j * k;
+    float* oj = out + j * out_stride;
+    switch (m - j < kStep ? m - j : kStep) {
+      case 1: block_rows<1>(w, k, nrows, xj, oj, out_stride); break;
+      case 2: block_rows<2>(w, k, nrows, xj, oj, out_stride); break;
+      case 3: block_rows<3>(w, k, nrows, xj, oj, out_stride); break;
+      case 4: block_rows<4>(w, k, nrows, xj, oj, out_stride); break;
+      case 5: block_rows<5>(w, k, nrows, xj, oj, out_stride); break;
+      case 6: block_rows<6>(w, k, nrows, xj, oj, out_stride); break;
+      case 7: block_rows<7>(w, k, nrows, xj, oj, out_stride); break;
+      default: block_rows<8>(w, k, nrows, xj, oj, out_stride); break;
+    }
+  }
+}
 #endif
 
 }  // namespace
@@ -89,6 +151,14 @@ RowsFn rows_kernel() { return rows_fma; }
 RowsFn rows_kernel_bf16dot() {
 #if defined(HELEXA_AVX512BF16)
   return __builtin_cpu_supports("avx512bf16") ? rows_dot : nullptr;
+#else
+  return nullptr;
+#endif
+}
+
+MultiRowsFn multi_rows_kernel_bf16dot() {
+#if defined(HELEXA_AVX512BF16)
+  return __builtin_cpu_supports("avx512bf16") ? multi_dot : nullptr;
 #else
   return nullptr;
 #endif

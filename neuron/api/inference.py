@@ -149,11 +149,12 @@ def _budget(lm: LoadedModel, prompt_len: int, requested: int | None, field: str)
     return room if requested is None else min(requested, room)
 
 
-def _usage(outcome: Outcome) -> dict[str, int]:
+def _usage(outcome: Outcome) -> dict[str, Any]:
     return {
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},  # the prefix cache's share
     }
 
 
@@ -240,7 +241,6 @@ async def chat_completions(request: Request):
         in_reasoning=prompt.in_reasoning,
         answer_prefix=prompt.answer_prefix,
         parse_tools=bool(req.tools) and req.tool_choice != "none",
-        prefill_chunk=ctx.config.prefill_chunk_tokens,
         ignore_eos=req.ignore_eos,
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))
@@ -372,7 +372,6 @@ async def completions(request: Request):
         params=_sampling(lm, req),
         stop=stop_strings(req),
         parse_tools=False,
-        prefill_chunk=ctx.config.prefill_chunk_tokens,
         ignore_eos=req.ignore_eos,
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -26,7 +26,24 @@ class _ModelGauges(Collector):
             "decode": GaugeMetricFamily("neuron_decode_tokens_per_second", "Recent decode speed", labels=["model"]),
             "in_flight": GaugeMetricFamily("neuron_requests_in_flight", "Requests generating", labels=["model"]),
             "queued": GaugeMetricFamily("neuron_requests_queued", "Requests waiting for a slot", labels=["model"]),
-            "memory": GaugeMetricFamily("neuron_model_memory_bytes", "Measured model memory", labels=["model"]),
+            "memory": GaugeMetricFamily(
+                "neuron_model_memory_bytes", "Measured model memory (weights and KV pool)", labels=["model"]
+            ),
+            "kv_capacity": GaugeMetricFamily(
+                "neuron_kv_cache_capacity_tokens", "Tokens the model's KV pool holds", labels=["model"]
+            ),
+            "kv_used": GaugeMetricFamily(
+                "neuron_kv_cache_used_tokens", "Tokens' worth of KV blocks in use", labels=["model"]
+            ),
+            "prefix_queried": CounterMetricFamily(
+                "neuron_prefix_cache_queried_tokens", "Prompt tokens looked up in the prefix cache", labels=["model"]
+            ),
+            "prefix_hits": CounterMetricFamily(
+                "neuron_prefix_cache_hit_tokens", "Prompt tokens the prefix cache supplied", labels=["model"]
+            ),
+            "preemptions": CounterMetricFamily(
+                "neuron_preemptions", "Sequences preempted for lack of KV blocks", labels=["model"]
+            ),
         }
         for model_id, entry in list(self.residency.entries.items()):
             lm = entry.loaded
@@ -37,6 +54,13 @@ class _ModelGauges(Collector):
                 families["prefill"].add_metric([model_id], tp.prefill_tps)
             if tp.decode_tps is not None:
                 families["decode"].add_metric([model_id], tp.decode_tps)
+            capacity, used = lm.kv_usage()
+            families["kv_capacity"].add_metric([model_id], capacity)
+            families["kv_used"].add_metric([model_id], used)
+            cache = lm.engine.allocator.stats
+            families["prefix_queried"].add_metric([model_id], cache.queried_tokens)
+            families["prefix_hits"].add_metric([model_id], cache.hit_tokens)
+            families["preemptions"].add_metric([model_id], lm.engine.stats.preemptions)
             families["in_flight"].add_metric([model_id], lm.admission.in_flight)
             families["queued"].add_metric([model_id], lm.admission.queued)
             families["memory"].add_metric([model_id], lm.memory_bytes)

@@ -1,20 +1,23 @@
-"""One request's generation, driven from the event loop one device job at a time: the prompt
-in chunks (bounded memory), then a decode job per token. Between jobs the loop sees
-cancellation, so a client that goes away stops its generation at the next token.
+"""One request's generation as the event loop sees it: submitted to the model's engine, which
+batches it with the others on the device thread and hands back its tokens after each step.
 
-Output goes through the streaming detokenizer (never splits a UTF-8 character), the stop-string
-matcher and the reasoning / tool-call parser, and comes out as :class:`Delta` values.
+Here, on the event loop, the tokens go through the streaming detokenizer (never splits a UTF-8
+character), the stop-string matcher and the reasoning / tool-call parser, and come out as
+:class:`Delta` values. A request that is cancelled (its client went away, a stop string matched)
+leaves the engine's batch at its next step, which frees its blocks.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from tokenizers.decoders import DecodeStream
 
+from cortex.protocol.errors import ApiError
 from neuron.chat.output import Event, OutputParser, StopMatcher, ToolCall
+from neuron.engine.engine import EngineRequest, Output
 from neuron.engine.loaded import LoadedModel
 from neuron.engine.sampling import SamplingParams
 
@@ -28,7 +31,6 @@ class GenerationRequest:
     in_reasoning: bool = False
     answer_prefix: str = ""  # the answer's start, already in the prompt (a forced tool call)
     parse_tools: bool = True
-    prefill_chunk: int = 512
     ignore_eos: bool = False
 
 
@@ -44,10 +46,11 @@ class Delta:
 class Outcome:
     prompt_tokens: int
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied
     finish_reason: str | None = None
     stop_reason: str | None = None  # the stop string that ended generation (vLLM's field)
     tool_calls: list[ToolCall] = field(default_factory=list)
-    prefill_secs: float = 0.0  # the prompt, up to the first token sampled
+    prefill_secs: float = 0.0  # the prompt, up to the first token sampled (on the device)
     decode_secs: float = 0.0  # every later token (completion_tokens - 1 decode steps)
 
     def timings(self) -> dict[str, float | int]:
@@ -55,10 +58,12 @@ class Outcome:
         the decode speed from here, not from when chunks happen to arrive."""
         steps = max(0, self.completion_tokens - 1)
         prompt_ms, decode_ms = self.prefill_secs * 1000, self.decode_secs * 1000
+        computed = self.prompt_tokens - self.cached_tokens
         return {
             "prompt_n": self.prompt_tokens,
+            "cache_n": self.cached_tokens,
             "prompt_ms": round(prompt_ms, 3),
-            "prompt_per_second": round(self.prompt_tokens / self.prefill_secs, 3) if self.prefill_secs > 0 else 0.0,
+            "prompt_per_second": round(computed / self.prefill_secs, 3) if self.prefill_secs > 0 else 0.0,
             "predicted_n": steps,
             "predicted_ms": round(decode_ms, 3),
             "predicted_per_second": round(steps / self.decode_secs, 3) if self.decode_secs > 0 else 0.0,
@@ -67,7 +72,6 @@ class Outcome:
 
 async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) -> AsyncIterator[Delta]:
     """Yields output deltas; ``outcome`` is filled in as generation proceeds."""
-    worker, prompt = lm.worker, req.prompt_ids
     parser = OutputParser(in_reasoning=req.in_reasoning, parse_tools=req.parse_tools)
     parser.feed(req.answer_prefix)  # opens the forced call: nothing comes out until it closes
     stopper = StopMatcher(req.stop)
@@ -75,34 +79,50 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
         outcome.finish_reason = "length"
         yield Delta([], "length")
         return
-    started = time.perf_counter()
-    seq = await worker.run(lm.start_sequence, prompt, len(prompt) + req.max_new_tokens, req.params)
-    token: int | None = None
-    for start in range(0, len(prompt), req.prefill_chunk):
-        chunk = prompt[start : start + req.prefill_chunk]
-        token = await worker.run(lm.prefill, seq, chunk, sample=start + req.prefill_chunk >= len(prompt))
-    assert token is not None
-    first = time.perf_counter()
-    outcome.prefill_secs = first - started
+    outputs: asyncio.Queue[Output] = asyncio.Queue()
+    engine = lm.engine
+    seq_id = engine.submit(
+        EngineRequest(
+            prompt_ids=req.prompt_ids,
+            max_new_tokens=req.max_new_tokens,
+            params=req.params,
+            stop_ids=frozenset() if req.ignore_eos else frozenset(lm.eos_ids),
+            deliver=outputs.put_nowait,
+        )
+    )
+    done = False
     detok = DecodeStream(skip_special_tokens=True)
     finish = "length"
-    while True:
-        outcome.completion_tokens += 1
-        if token in lm.eos_ids and not req.ignore_eos:
-            finish = "stop"
-            break
-        piece = detok.step(lm.tokenizer, token)
-        if piece:
-            events = parser.feed(stopper.feed(piece))
-            if events:
-                yield Delta(events)
-            if stopper.stopped:
-                finish = "stop"
+    try:
+        while not done:
+            out = await outputs.get()
+            outcome.cached_tokens = out.cached_tokens
+            outcome.prefill_secs, outcome.decode_secs = out.prefill_secs, out.decode_secs
+            if out.finish == "abort":  # the engine closed (the model is going away)
+                done = True
+                raise ApiError("unavailable", "the model was unloaded during generation", code="model_unloading")
+            if out.finish == "error":
+                done = True
+                raise ApiError("internal", f"generation failed: {out.error}")
+            for i, token in enumerate(out.tokens):
+                outcome.completion_tokens += 1
+                if out.finish == "stop" and i == len(out.tokens) - 1:  # the end token: not part of the text
+                    finish = "stop"
+                    break
+                piece = detok.step(lm.tokenizer, token)
+                if piece:
+                    events = parser.feed(stopper.feed(piece))
+                    if events:
+                        yield Delta(events)
+                    if stopper.stopped:
+                        finish = "stop"
+                        break
+            if stopper.stopped or out.finish is not None:
+                done = out.finish is not None
                 break
-        if outcome.completion_tokens >= req.max_new_tokens:
-            break
-        token = await worker.run(lm.decode, seq, token)
-        outcome.decode_secs = time.perf_counter() - first
+    finally:
+        if not done:  # cancelled, or a stop string: the sequence leaves the batch at the next step
+            engine.abort(seq_id)
     tail = parser.feed(stopper.flush()) + parser.finish()
     outcome.tool_calls = parser.tool_calls
     if finish == "stop" and parser.tool_calls:

@@ -1,16 +1,17 @@
 """A model resident on one device: its torch modules, tokenizer, chat template, generation
-defaults and admission, and the jobs the device worker runs for it (prefill, decode).
+defaults, admission, KV pool and engine.
 
 ``load_model`` runs on the device's worker thread; everything touching tensors does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,67 +19,19 @@ import torch
 from tokenizers import Tokenizer
 
 from cortex.protocol.errors import ApiError
-from neuron import ops
 from neuron.chat.template import ChatTemplate
 from neuron.chat.text import load_tokenizer, longest_token_chars
 from neuron.engine.admission import Admission
-from neuron.engine.sampling import Sampler, SamplingParams
+from neuron.engine.engine import Engine
+from neuron.engine.executor import Throughput, UniExecutor
+from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for
+from neuron.engine.sampling import SamplingParams
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
-from neuron.models import ARCHITECTURES, MODEL_TYPES
-from neuron.models.layers import KVCache
+from neuron.models import ARCHITECTURES, MODEL_TYPES, Batch, ModelError, UnsupportedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Throughput:
-    """Exponential moving averages of prefill and decode speed (tokens/s)."""
-
-    prefill_tps: float | None = None
-    decode_tps: float | None = None
-
-    @staticmethod
-    def _ema(old: float | None, new: float) -> float:
-        return new if old is None else 0.8 * old + 0.2 * new
-
-    def record_prefill(self, tokens: int, secs: float) -> None:
-        if secs > 0:
-            self.prefill_tps = self._ema(self.prefill_tps, tokens / secs)
-
-    def record_decode(self, tokens: int, secs: float) -> None:
-        if secs > 0:
-            self.decode_tps = self._ema(self.decode_tps, tokens / secs)
-
-
-@dataclass
-class Sequence:
-    """One request's state on the device: KV cache, sampler and the next position."""
-
-    cache: KVCache
-    sampler: Sampler
-    position: int = 0
-
-
-_TORCH_THREADS = torch.get_num_threads()
-DECODE_SPIN_US, PREFILL_SPIN_US = 2000, 0
-
-
-def _cpu_phase(device: torch.device, dtype: torch.dtype, *, decode: bool) -> None:
-    """Shares the CPU between torch's thread pool and ours for the step about to run.
-
-    A decode step is our GEMV kernels back to back with small torch ops between them: torch
-    gets one thread (an idle OpenMP team would spin on the cores our kernels need) and our pool
-    spins between kernels. A prefill is torch's matrix products: all threads to torch, and our
-    pool sleeps at once when idle.
-    """
-    if device.type != "cpu" or dtype != torch.bfloat16:  # float32 decode is torch's own GEMV
-        return
-    want = 1 if decode else _TORCH_THREADS
-    if torch.get_num_threads() != want:
-        torch.set_num_threads(want)
-        ops.set_pool_spin_us(DECODE_SPIN_US if decode else PREFILL_SPIN_US)
 
 
 def architecture_of(model_dir: Path) -> tuple[type, dict[str, Any]]:
@@ -149,6 +102,16 @@ def _param_bytes(net: torch.nn.Module) -> int:
 
 
 @dataclass
+class KVSettings:
+    """How a load sizes its KV pool and its engine (from neuron.toml, per device kind)."""
+
+    kv_cache_mb: int | None  # the pool's size; None: a share of what is free after the weights
+    share: float  # that share
+    max_num_seqs: int
+    max_batch_tokens: int
+
+
+@dataclass
 class LoadedModel:
     model_id: str
     model_dir: Path
@@ -159,45 +122,43 @@ class LoadedModel:
     template: ChatTemplate
     defaults: SamplingParams
     eos_ids: set[int]
-    context_length: int
-    memory_bytes: int
+    context_length: int  # what a request may use: the model's own, or less when the KV pool holds less
+    memory_bytes: int  # the weights and the KV pool
     admission: Admission
     load_secs: float
+    engine: Engine
+    executor: UniExecutor
     longest_token_chars: int = 1
-    throughput: Throughput = field(default_factory=Throughput)
 
     @property
     def device(self) -> torch.device:
         return self.worker.device
 
-    # --- jobs for the worker thread ---------------------------------------------------------
+    @property
+    def throughput(self) -> Throughput:
+        return self.executor.throughput
 
-    def start_sequence(self, prompt_ids: list[int], capacity: int, params: SamplingParams) -> Sequence:
-        sampler = Sampler(params, self.net.config.vocab_size, prompt_ids, self.device)
-        return Sequence(cache=self.net.new_cache(capacity), sampler=sampler)
+    def kv_usage(self) -> tuple[int, int]:
+        """(tokens the KV pool holds, tokens in blocks in use)."""
+        pool, alloc = self.engine.pool, self.engine.allocator
+        return pool.capacity_tokens, alloc.num_used * BLOCK_TOKENS
 
-    def prefill(self, seq: Sequence, ids: list[int], *, sample: bool) -> int | None:
-        """Runs a chunk of the prompt; on the last chunk samples the first new token."""
-        _cpu_phase(self.device, self.dtype, decode=False)
-        t0 = time.perf_counter()
-        logits = self.net(torch.tensor(ids, dtype=torch.long, device=self.device), seq.position, seq.cache)
-        seq.position += len(ids)
-        token = seq.sampler.sample(logits) if sample else None
-        if token is not None:
-            seq.sampler.observe(token)
-        self.throughput.record_prefill(len(ids), time.perf_counter() - t0)
-        return token
 
-    def decode(self, seq: Sequence, token: int) -> int:
-        """Feeds the last token and samples the next."""
-        _cpu_phase(self.device, self.dtype, decode=True)
-        t0 = time.perf_counter()
-        logits = self.net(torch.tensor([token], dtype=torch.long, device=self.device), seq.position, seq.cache)
-        seq.position += 1
-        nxt = seq.sampler.sample(logits)
-        seq.sampler.observe(nxt)
-        self.throughput.record_decode(1, time.perf_counter() - t0)
-        return nxt
+def kv_pool_blocks(layout: KVLayout, settings: KVSettings, free_after_weights: int, context: int) -> int:
+    """The pool's blocks: ``kv_cache_mb`` when set, else ``share`` of the memory free after the
+    weights; never more than ``max_num_seqs`` full contexts need."""
+    if settings.kv_cache_mb is not None:
+        budget = settings.kv_cache_mb << 20
+    else:
+        budget = int(max(0, free_after_weights) * settings.share)
+    blocks = budget // layout.bytes_per_block()
+    return int(min(blocks, settings.max_num_seqs * blocks_for(context)))
+
+
+def _error_of(exc: ModelError, model_id: str) -> ApiError:
+    if isinstance(exc, UnsupportedModel):
+        return ApiError("conflict", str(exc), code="unsupported_architecture")
+    return ApiError("invalid_request", f"the checkpoint of {model_id!r} cannot be used: {exc}", code="bad_checkpoint")
 
 
 def load_model(
@@ -206,14 +167,20 @@ def load_model(
     worker: DeviceWorker,
     dtype: torch.dtype,
     admission: Admission,
+    settings: KVSettings,
     *,
     free_bytes: Callable[[], int],
     progress: Callable[[float], None],
+    loop: asyncio.AbstractEventLoop,
 ) -> LoadedModel:
-    """Builds and fills the model on ``worker``'s device. Runs on the worker thread."""
+    """Builds and fills the model on ``worker``'s device, sizes its KV pool and starts its
+    engine on the worker. Runs on the worker thread."""
     t0 = time.perf_counter()
     arch, raw_cfg = architecture_of(model_dir)
-    cfg = arch.config_class.from_dict(raw_cfg)
+    try:
+        cfg = arch.config_class.from_dict(raw_cfg)
+    except ModelError as exc:
+        raise _error_of(exc, model_id) from None
     tokenizer = load_tokenizer(model_id, model_dir)
     ckpt = Checkpoint(model_dir)
     try:
@@ -231,7 +198,30 @@ def load_model(
     finally:
         ckpt.close()
     on_gpu = worker.device.type == "cuda"
-    memory = torch.cuda.memory_allocated(worker.device) - before if on_gpu else _param_bytes(net)
+    weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else _param_bytes(net)
+    spec = net.state_spec()
+    layout = KVLayout(len(spec), spec[0].kv_heads, spec[0].head_dim, dtype)
+    context = cfg.max_position_embeddings
+    # what the fit check saw free, less what the weights took, is what is left for the pool
+    blocks = kv_pool_blocks(layout, settings, free - weights, context)
+    if blocks < 1:
+        raise ApiError(
+            "insufficient_storage",
+            f"model {model_id!r} fits on {worker.name}, but no room is left for its KV cache "
+            f"({layout.bytes_per_block() >> 10} KiB a block of {BLOCK_TOKENS} tokens)",
+            code="does_not_fit",
+        )
+    pool = KVPool(layout, blocks, worker.device)
+    executor = UniExecutor(net, pool, worker.device, dtype)
+    engine = Engine(
+        executor,
+        pool,
+        vocab_size=cfg.vocab_size,
+        max_num_seqs=settings.max_num_seqs,
+        max_batch_tokens=settings.max_batch_tokens,
+        loop=loop,
+        wake=worker.wake,
+    )
     defaults, eos_ids = _generation_defaults(model_dir)
     eos_ids |= _special_eos(tokenizer, model_dir)
     loaded = LoadedModel(
@@ -244,15 +234,43 @@ def load_model(
         template=ChatTemplate.from_model_dir(model_dir),
         defaults=defaults,
         eos_ids=eos_ids,
-        context_length=cfg.max_position_embeddings,
-        memory_bytes=memory,
+        context_length=min(context, pool.capacity_tokens),
+        memory_bytes=weights + pool.nbytes(),
         admission=admission,
         load_secs=0.0,
+        engine=engine,
+        executor=executor,
         longest_token_chars=longest_token_chars(tokenizer),
     )
-    # One token through the whole stack: lazy kernel set-up happens now, not in a request.
-    seq = loaded.start_sequence([0], 2, SamplingParams(temperature=0.0))
-    loaded.prefill(seq, [0], sample=True)
-    loaded.throughput = Throughput()
+    _warm_up(executor)
+    worker.attach(engine)
     loaded.load_secs = time.perf_counter() - t0
     return loaded
+
+
+def _warm_up(executor: UniExecutor) -> None:
+    """One token through the whole stack (lazy kernel set-up happens now, not in a request);
+    it writes block 0, which no sequence holds yet."""
+    one = torch.zeros(1, dtype=torch.long, device=executor.device)
+    batch = Batch(
+        input_ids=one,
+        positions=one,
+        query_starts=[0, 1],
+        context_lens=[1],
+        block_tables=one[None],
+        slot_mapping=one,
+        sample_indices=one,
+    )
+    executor.execute(batch)
+    executor.throughput = Throughput()
+
+
+def release_model(lm: LoadedModel) -> None:
+    """Ends the model's sequences and drops its tensors, on its own thread."""
+    lm.engine.close()
+    lm.worker.detach(lm.engine)
+    lm.net = None  # type: ignore[assignment]
+    lm.executor.model = None  # type: ignore[assignment]
+    lm.engine.pool.k = lm.engine.pool.v = None  # type: ignore[assignment]  (its size stays readable)
+    if lm.device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -22,7 +22,7 @@ from neuron import hardware
 from neuron.chat.text import TextSide, load_text_side
 from neuron.config import NeuronConfig
 from neuron.engine.admission import Admission
-from neuron.engine.loaded import LoadedModel, load_model
+from neuron.engine.loaded import KVSettings, LoadedModel, load_model, release_model
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.resolve import check_model_id, resolve_model_dir
 from neuron.loading.safetensors import Checkpoint
@@ -30,6 +30,13 @@ from neuron.loading.safetensors import Checkpoint
 log = logging.getLogger(__name__)
 
 HARNESSES = ("torch",)
+# Per kind of device: sequences batched at once, tokens per engine step, and the share of the
+# memory free after the weights that the KV pool takes when kv_cache_mb is not set (a GPU may
+# hold several models; a CPU host also runs everything else).
+ENGINE_DEFAULTS = {
+    "cpu": {"max_num_seqs": 8, "max_batch_tokens": 512, "kv_share": 0.25},
+    "cuda": {"max_num_seqs": 64, "max_batch_tokens": 2048, "kv_share": 0.5},
+}
 FAILED_KEPT = 16  # failed loads listed in /models (the newest), so pollers and operators see why
 FAILED_KEPT_SECS = 600.0  # and for at most this long
 TEXT_SIDES_KEPT = 8
@@ -98,6 +105,18 @@ class Residency:
             return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
         return getattr(torch, choice)
 
+    def kv_settings(self, device: torch.device) -> KVSettings:
+        """The KV pool and engine settings of a load on ``device``: neuron.toml's, else the
+        defaults of its kind of device (:data:`ENGINE_DEFAULTS`)."""
+        kind = ENGINE_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+        cfg = self.config
+        return KVSettings(
+            kv_cache_mb=cfg.kv_cache_mb,
+            share=kind["kv_share"],
+            max_num_seqs=cfg.admission.max_num_seqs or kind["max_num_seqs"],
+            max_batch_tokens=cfg.max_batch_tokens or kind["max_batch_tokens"],
+        )
+
     def _worker(self, device: torch.device) -> DeviceWorker:
         key = str(device)
         if key not in self.workers:
@@ -165,9 +184,11 @@ class Residency:
                 hf_cache=self.config.hf_cache or "",
                 allow_download=self.config.allow_download,
             )
+            settings = self.kv_settings(device)
             adm = self.config.admission
-            admission = Admission(model_id, adm.max_in_flight, adm.max_queue_depth, adm.max_wait_secs)
+            admission = Admission(model_id, settings.max_num_seqs, adm.max_queue_depth, adm.max_wait_secs)
             worker = self._worker(device)
+            loop = asyncio.get_running_loop()
 
             def progress(fraction: float) -> None:
                 entry.progress = fraction
@@ -181,20 +202,25 @@ class Residency:
                     worker,
                     self._dtype_for(device),
                     admission,
+                    settings,
                     free_bytes=self._free_bytes(device),
                     progress=progress,
+                    loop=loop,
                 )
                 return entry.loaded
 
             await worker.run(load_on_worker)
             entry.status, entry.progress = ModelStatus.LOADED, 1.0
+            capacity, _ = entry.loaded.kv_usage()
             log.info(
-                "loaded %s on %s in %.1f s (%d MiB, %s)",
+                "loaded %s on %s in %.1f s (%d MiB with a KV cache of %d tokens, %s, up to %d sequences at once)",
                 model_id,
                 device,
                 time.monotonic() - started,
                 entry.loaded.memory_bytes >> 20,
+                capacity,
                 str(entry.loaded.dtype).removeprefix("torch."),
+                settings.max_num_seqs,
             )
         except ApiError as exc:
             entry.status, entry.error, entry.failure = ModelStatus.FAILED, exc.message, exc
@@ -242,7 +268,7 @@ class Residency:
         loaded = entry.loaded
         if loaded is not None:
             await loaded.admission.drained()
-            await loaded.worker.run(_release, loaded)
+            await loaded.worker.run(release_model, loaded)
         self.entries.pop(model_id, None)
         log.info("unloaded %s", model_id)
 
@@ -337,6 +363,7 @@ class Residency:
                     load_progress=round(e.progress, 3),
                     error=e.error,
                     error_status=e.failure.status if e.failure is not None else None,
+                    **_kv_fields(lm),
                 )
             )
         return out
@@ -350,6 +377,7 @@ class Residency:
                 in_flight=adm.in_flight if adm else 0,
                 queued=adm.queued if adm else 0,
                 load_progress=round(e.progress, 3),
+                **_kv_fields(e.loaded),
             )
         return out
 
@@ -359,8 +387,8 @@ class Residency:
             worker.close()
 
 
-def _release(lm: LoadedModel) -> None:
-    """Drops the model's tensors on its own thread and returns cached device memory."""
-    lm.net = None  # type: ignore[assignment]
-    if lm.device.type == "cuda":
-        torch.cuda.empty_cache()
+def _kv_fields(lm: LoadedModel | None) -> dict[str, int]:
+    if lm is None:
+        return {}
+    capacity, used = lm.kv_usage()
+    return {"kv_capacity_tokens": capacity, "kv_used_tokens": used}

@@ -1,8 +1,111 @@
-"""Model architectures as torch modules, keyed by config.json ``architectures`` and ``model_type``."""
+"""The model contract: what every architecture gives the engine, and what the engine gives it.
+
+An architecture is a torch module class registered in :data:`ARCHITECTURES` (keyed by
+config.json ``architectures``) with:
+
+- ``model_type`` and ``config_class``; ``config_class.from_dict(raw)`` parses config.json once
+  and raises :class:`UnsupportedModel` or :class:`BadCheckpoint` (never an HTTP error: models
+  know nothing of HTTP; ``neuron.api`` maps these to 409 and 400);
+- ``state_spec()``: the per-layer state a sequence carries (:class:`AttentionState` for the
+  paged KV cache now; the hybrid architectures add recurrent-state slots);
+- ``FUSED``-style tables of fused weights and ``tied_names`` (the loader walks them);
+- ``forward(batch, kv) -> logits``: one step of the engine for every sequence in ``batch`` at
+  once, float32 logits ``[len(batch.sample_indices), vocab]`` for the rows that sample.
+
+A :class:`Batch` is vLLM's attention-metadata shape: the new tokens of all sequences flat,
+their positions, where each sequence's queries start, how long each sequence's context is after
+this step, its block table and where each new token's keys and values go (slot mapping).
+"""
 
 from __future__ import annotations
 
-from neuron.models import qwen3
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+class ModelError(Exception):
+    """A model the neuron cannot serve, said in words."""
+
+
+class UnsupportedModel(ModelError):
+    """A valid checkpoint of an architecture or feature this neuron does not implement."""
+
+
+class BadCheckpoint(ModelError):
+    """A checkpoint that is broken or incomplete (a missing config field, a missing tensor)."""
+
+
+@dataclass(frozen=True)
+class AttentionState:
+    """A layer's state is the keys and values of every past token (the paged KV cache)."""
+
+    kv_heads: int
+    head_dim: int
+
+
+class PagedKV(Protocol):
+    """The engine's KV pool as the models use it (``neuron.engine.kv_cache.KVPool``)."""
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
+    def gather(self, layer: int, table: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """The sequences of a batch that add one token each (decodes), for one attention call over
+    all of them: their rows, block tables and context lengths; and the others (prompt chunks)."""
+
+    seqs: list[int]
+    rows: torch.Tensor  # [D] their rows in the batch
+    tables: torch.Tensor  # [D, max_blocks]
+    lens: torch.Tensor  # [D] int64, on the host
+    everyone: bool  # every sequence of the batch decodes (rows are 0..B-1)
+    others: list[int]
+
+
+@dataclass
+class Batch:
+    """One engine step: ``T`` new tokens of ``B`` sequences, on the model's device.
+
+    Sequence ``i``'s new tokens are rows ``query_starts[i] : query_starts[i + 1]``; after this
+    step its context holds ``context_lens[i]`` tokens (the earlier ones already in the cache).
+    The host-side lists let the attention loop without reading the device.
+    """
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    query_starts: list[int]  # B + 1 offsets into the T rows
+    context_lens: list[int]  # B
+    block_tables: torch.Tensor  # [B, max_blocks] int64
+    slot_mapping: torch.Tensor  # [T] int64: where each new token's keys and values go
+    sample_indices: torch.Tensor  # [S] int64: rows whose logits are wanted
+    _plan: DecodePlan | None = field(default=None, repr=False)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens)
+
+    def query_len(self, i: int) -> int:
+        return self.query_starts[i + 1] - self.query_starts[i]
+
+    def decode_plan(self) -> DecodePlan:
+        """Which sequences decode (computed once per batch, used by every layer)."""
+        if self._plan is None:
+            seqs = [i for i in range(self.num_seqs) if self.query_len(i) == 1]
+            others = [i for i in range(self.num_seqs) if self.query_len(i) != 1]
+            everyone = not others
+            index = torch.tensor(seqs, dtype=torch.long, device=self.block_tables.device)
+            rows = torch.tensor([self.query_starts[i] for i in seqs], dtype=torch.long, device=self.input_ids.device)
+            tables = self.block_tables if everyone else self.block_tables.index_select(0, index)
+            lens = torch.tensor([self.context_lens[i] for i in seqs], dtype=torch.long)
+            self._plan = DecodePlan(seqs, rows, tables.contiguous(), lens, everyone, others)
+        return self._plan
+
+
+from neuron.models import qwen3  # noqa: E402 (the architectures use the contract above)
 
 ARCHITECTURES = {**qwen3.ARCHITECTURES}
 MODEL_TYPES = {cls.model_type: cls for cls in ARCHITECTURES.values()}

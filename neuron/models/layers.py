@@ -1,5 +1,5 @@
 """Building blocks shared by the architectures: RMSNorm, rotary embedding, a weight-only Linear
-with an optional fused layout, and a KV cache preallocated per sequence.
+with an optional fused layout, and causal attention through the paged KV cache.
 
 Numerics follow HF transformers (checked by the parity tests): RMSNorm normalises in float32
 and casts back before the weight; RoPE tables are computed in float32 and cast to the input dtype.
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron import ops
+from neuron.models import Batch, PagedKV
 
 
 def empty_param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
@@ -51,14 +52,14 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        # A decode step of a bf16 model on the CPU: our GEMV streams the weight near memory speed.
-        if (
-            x.dtype == torch.bfloat16
-            and w.dtype == torch.bfloat16
-            and x.numel() == w.shape[1]
-            and x.device.type == "cpu"
-        ):
-            return ops.gemv_bf16(x, w)
+        # A decode step of a bf16 model on the CPU (one row, or one per sequence of the batch): our
+        # kernels stream the weight near memory speed, once for all rows.
+        if x.dtype == torch.bfloat16 and w.dtype == torch.bfloat16 and x.device.type == "cpu":
+            if x.numel() == w.shape[1]:
+                return ops.gemv_bf16(x, w)
+            rows = x.numel() // w.shape[1]
+            if rows <= ops.MATMUL_MAX_ROWS and x.is_contiguous():
+                return ops.matmul_bf16(x.reshape(rows, w.shape[1]), w).reshape(*x.shape[:-1], w.shape[0])
         return F.linear(x, w)
 
 
@@ -83,29 +84,56 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-class KVCache:
-    """Keys and values of one sequence for every layer, allocated once for ``capacity`` tokens.
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layer: int,
+    batch: Batch,
+    kv: PagedKV,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of a batch's new tokens over each one's own sequence, through the paged
+    KV cache. ``q`` is ``[T, heads, head_dim]``, ``k``/``v`` ``[T, kv_heads, head_dim]`` (stored
+    into the cache first); the result is ``[T, heads, head_dim]``.
 
-    Token-major (``[layers, capacity, kv_heads, head_dim]``): writing a step is one contiguous copy,
-    and attention reads a transposed view.
+    On the CPU the sequences that add one token each (decodes) go through one call of our
+    kernel, which reads their blocks in place; a sequence with no earlier tokens attends to its
+    chunk alone (no cache read); any other reads its keys and values through its block table.
     """
-
-    def __init__(
-        self, layers: int, kv_heads: int, head_dim: int, capacity: int, *, dtype: torch.dtype, device: torch.device
-    ) -> None:
-        shape = (layers, capacity, kv_heads, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.capacity = capacity
-
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stores k/v [T, kv_heads, head_dim] at ``start``; returns [kv_heads, start + T, head_dim] views."""
-        end = start + k.shape[0]
-        if end > self.capacity:
-            raise ValueError(f"KV cache holds {self.capacity} tokens; position {end} is past it")
-        self.k[layer, start:end] = k
-        self.v[layer, start:end] = v
-        return self.k[layer, :end].transpose(0, 1), self.v[layer, :end].transpose(0, 1)
-
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+    kv.write(layer, batch.slot_mapping, k, v)
+    heads, kv_heads = q.shape[1], k.shape[1]
+    plan = batch.decode_plan()
+    native = q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16)
+    if native and plan.everyone:  # every sequence adds one token: one call reads their blocks in place
+        k_pool, v_pool = kv.blocks(layer)
+        return ops.paged_decode(q, k_pool, v_pool, plan.tables, plan.lens, scale)
+    out = torch.empty_like(q)
+    todo = range(batch.num_seqs)
+    if native and plan.seqs:
+        k_pool, v_pool = kv.blocks(layer)
+        part = ops.paged_decode(q.index_select(0, plan.rows), k_pool, v_pool, plan.tables, plan.lens, scale)
+        out.index_copy_(0, plan.rows, part)
+        todo = plan.others
+    for i in todo:
+        s, e = batch.query_starts[i], batch.query_starts[i + 1]
+        new, length = e - s, batch.context_lens[i]
+        if length == new:
+            keys, values, mask = k[s:e], v[s:e], None
+        else:
+            keys, values = kv.gather(layer, batch.block_tables[i], length)
+            mask = None
+            if new > 1:  # query j sits at position length - new + j and sees keys up to there
+                pos = torch.arange(length - new, length, device=q.device)
+                mask = torch.arange(length, device=q.device)[None, :] <= pos[:, None]
+        o = F.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1)[None],
+            keys.transpose(0, 1)[None],
+            values.transpose(0, 1)[None],
+            attn_mask=mask,
+            is_causal=mask is None and length == new and new > 1,
+            scale=scale,
+            enable_gqa=heads != kv_heads,
+        )
+        out[s:e] = o[0].transpose(0, 1)
+    return out

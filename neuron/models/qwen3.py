@@ -1,8 +1,9 @@
 """Qwen3 (dense): our own torch modules with HF names, checked against transformers.
 
 Attribute paths equal checkpoint keys (``model.layers.3.self_attn.q_proj.weight``) except the
-fusions declared in :data:`FUSED`, which the loader fills block by block. One sequence at a time:
-inputs are 1-D token ids, the KV cache is preallocated per sequence (``layers.KVCache``).
+fusions declared in :data:`FUSED`, which the loader fills block by block. A forward is one engine
+step over a :class:`~neuron.models.Batch` (the model contract): every sequence's new tokens flat,
+keys and values through the paged KV cache.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cortex.protocol.errors import ApiError
+from neuron.models import AttentionState, BadCheckpoint, Batch, PagedKV, UnsupportedModel
 from neuron.models.layers import (
-    KVCache,
     Linear,
     RMSNorm,
     RotaryEmbedding,
     apply_rotary,
     empty_param,
+    paged_attention,
 )
 
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -44,8 +45,8 @@ class Qwen3Config(msgspec.Struct, kw_only=True, frozen=True):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Qwen3Config:
-        def unsupported(what: str) -> ApiError:
-            return ApiError("conflict", f"qwen3 with {what} is not supported by this neuron", code="unsupported_model")
+        def unsupported(what: str) -> UnsupportedModel:
+            return UnsupportedModel(f"qwen3 with {what} is not supported by this neuron")
 
         if raw.get("attention_bias"):
             raise unsupported("attention_bias = true")
@@ -73,7 +74,9 @@ class Qwen3Config(msgspec.Struct, kw_only=True, frozen=True):
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             )
         except KeyError as exc:
-            raise ApiError("invalid_request", f"config.json lacks {exc.args[0]!r}", code="bad_model_config") from None
+            raise BadCheckpoint(f"config.json lacks {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BadCheckpoint(f"config.json has a field of the wrong type: {exc}") from None
 
 
 class Qwen3Attention(nn.Module):
@@ -94,30 +97,14 @@ class Qwen3Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: KVCache,
-        start: int,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, kv: PagedKV) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = apply_rotary(self.q_norm(q.view(t, self.heads, self.head_dim)), cos, sin)
         k = apply_rotary(self.k_norm(k.view(t, self.kv_heads, self.head_dim)), cos, sin)
-        keys, values = cache.write(self.layer_idx, start, k, v.view(t, self.kv_heads, self.head_dim))
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],
-            keys[None],
-            values[None],
-            attn_mask=mask,
-            is_causal=mask is None and start == 0 and t > 1,
-            scale=self.head_dim**-0.5,
-            enable_gqa=self.heads != self.kv_heads,
-        )
-        return self.o_proj(out[0].transpose(0, 1).reshape(t, self.q_size))
+        v = v.reshape(t, self.kv_heads, self.head_dim)
+        out = paged_attention(q, k, v, self.layer_idx, batch, kv, self.head_dim**-0.5)
+        return self.o_proj(out.reshape(t, self.q_size))
 
 
 class Qwen3MLP(nn.Module):
@@ -146,8 +133,8 @@ class Qwen3DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
 
-    def forward(self, x, cos, sin, cache, start, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -162,19 +149,14 @@ class Qwen3Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, device=device)
 
-    def forward(self, ids: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
-        t = ids.shape[0]
-        x = F.embedding(ids, self.embed_tokens.weight)
-        positions = torch.arange(start, start + t, device=ids.device)
-        cos, sin = self.rotary_emb(positions, x.dtype)
+    def forward(self, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        """The final hidden states of every new token ``[T, hidden]`` (before the last norm)."""
+        x = F.embedding(batch.input_ids, self.embed_tokens.weight)
+        cos, sin = self.rotary_emb(batch.positions, x.dtype)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
-        mask = None
-        if t > 1 and start > 0:  # a prefill chunk after earlier tokens: causal, shifted by start
-            keys = torch.arange(start + t, device=ids.device)
-            mask = keys[None, :] <= positions[:, None]
         for layer in self.layers:
-            x = layer(x, cos, sin, cache, start, mask)
-        return self.norm(x)
+            x = layer(x, cos, sin, batch, kv)
+        return x
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -194,21 +176,17 @@ class Qwen3ForCausalLM(nn.Module):
         """Checkpoint names that duplicate a tied weight (present in some checkpoints)."""
         return {"lm_head.weight"} if self.config.tie_word_embeddings else set()
 
-    def new_cache(self, capacity: int) -> KVCache:
-        cfg, w = self.config, self.model.embed_tokens.weight
-        return KVCache(
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, capacity, dtype=w.dtype, device=w.device
-        )
+    def state_spec(self) -> list[AttentionState]:
+        """Every layer keeps keys and values (the paged KV cache)."""
+        cfg = self.config
+        return [AttentionState(cfg.num_key_value_heads, cfg.head_dim)] * cfg.num_hidden_layers
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, start: int, cache: KVCache, *, all_logits: bool = False) -> torch.Tensor:
-        """Runs ``ids`` at positions ``start..`` and returns float32 logits of the last position
-        (``[vocab]``), or of every position (``[T, vocab]``) with ``all_logits``."""
-        h = self.model(ids, start, cache)
-        if not all_logits:
-            h = h[-1:]
-        logits = self.lm_head(h).float()
-        return logits if all_logits else logits[0]
+    def forward(self, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        """One engine step; float32 logits ``[S, vocab]`` of the rows in ``batch.sample_indices``."""
+        h = self.model(batch, kv)
+        h = self.model.norm(h.index_select(0, batch.sample_indices))
+        return self.lm_head(h).float()
 
 
 ARCHITECTURES = {"Qwen3ForCausalLM": Qwen3ForCausalLM}

@@ -11,9 +11,12 @@ from neuron.ops._lib import (
     set_num_threads,
     set_pool_spin_us,
 )
+from neuron.ops.attention import paged_decode, paged_decode_ref
 from neuron.ops.dense import (
+    MATMUL_MAX_ROWS,
     gemv_bf16,
     gemv_bf16_ref,
+    matmul_bf16,
     rms_norm_bf16,
     rms_norm_ref,
 )
@@ -30,6 +33,7 @@ from neuron.ops.quant import (
 __all__ = [
     "CPU_ISAS",
     "HAS_CUDA",
+    "MATMUL_MAX_ROWS",
     "QUANT_TYPES",
     "QuantTensor",
     "build_info",
@@ -38,7 +42,10 @@ __all__ = [
     "dequantize_ref",
     "gemv_bf16",
     "gemv_bf16_ref",
+    "matmul_bf16",
     "num_threads",
+    "paged_decode",
+    "paged_decode_ref",
     "pool_spin_us",
     "qmatmul",
     "qmatmul_ref",

@@ -1,4 +1,5 @@
-"""Dense (unquantized) kernels: the bf16 GEMV of a decode step, ``y = W @ x``.
+"""Dense (unquantized) kernels: the bf16 GEMV of a decode step, ``y = W @ x``, and its few-rows
+form for a decode step of several sequences.
 
 torch's CPU bf16 matrix-vector product reaches about half the memory bandwidth; a decode step
 of a bf16 model is little else. Our kernel streams each weight row once per thread with
@@ -41,6 +42,35 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = No
     elif out.dtype not in _OUT_DTYPES or tuple(out.shape) != shape or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous bfloat16 or float32 tensor of shape {shape}")
     _lib.native.gemv_bf16_cpu(out.data_ptr(), x.data_ptr(), w.data_ptr(), n, k, _OUT_DTYPES[out.dtype])
+    return out
+
+
+MATMUL_MAX_ROWS = 16  # past this many rows torch's matrix product is the better tool
+
+
+def matmul_bf16(x: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T`` for a few activation rows ``x`` ``[M, K]`` (bf16, CPU): a decode step of several
+    sequences. W is streamed from memory about once, whatever M is (a chunk of its rows is reused
+    from cache for every row of x). The result is ``[M, N]`` bf16 (or ``out``'s dtype: bf16 or f32)."""
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
+        raise TypeError("x and w must be torch.Tensors")
+    if w.dtype != torch.bfloat16 or x.dtype != torch.bfloat16:
+        raise TypeError(f"matmul_bf16 takes bfloat16 x and w, got x {x.dtype} and w {w.dtype}")
+    if w.dim() != 2 or x.dim() != 2:
+        raise ValueError(f"x must be [M, K] and w [N, K], got x {tuple(x.shape)} and w {tuple(w.shape)}")
+    n, k = w.shape
+    if x.shape[1] != k:
+        raise ValueError(f"x has {x.shape[1]} columns but w has K = {k}")
+    if x.device.type != "cpu" or w.device.type != "cpu":
+        raise ValueError(f"matmul_bf16 runs on the CPU; x is on {x.device}, w on {w.device}")
+    if not (x.is_contiguous() and w.is_contiguous()):
+        raise ValueError("x and w must be contiguous")
+    shape = (x.shape[0], n)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.bfloat16)
+    elif out.dtype not in _OUT_DTYPES or tuple(out.shape) != shape or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous bfloat16 or float32 tensor of shape {shape}")
+    _lib.native.matmul_bf16_cpu(out.data_ptr(), x.data_ptr(), w.data_ptr(), x.shape[0], n, k, _OUT_DTYPES[out.dtype])
     return out
 
 

@@ -156,7 +156,7 @@ def running_neuron(model_root, tmp_path_factory) -> Iterator[NeuronProcess]:
     work = tmp_path_factory.mktemp("neuron")
     port = free_port()
     cfg = write_config(
-        work / "neuron.toml", port, model_root, DEFAULTS, max_in_flight=1, max_queue_depth=1, max_wait_secs=30
+        work / "neuron.toml", port, model_root, DEFAULTS, max_num_seqs=1, max_queue_depth=1, max_wait_secs=30
     )
     server = NeuronProcess(cfg, port, work / "neuron.log")
     try:

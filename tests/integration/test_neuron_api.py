@@ -61,7 +61,14 @@ def test_discovery_health_and_version_describe_this_host(http):
     assert isinstance(disc["devices"], list) and disc["hostname"] and disc["version"]
     h = health(http)
     assert h["uptime_secs"] > 0 and h["memory_free_mb"] > 0
-    assert h["models"]["test/plain"] == {"status": "loaded", "in_flight": 0, "queued": 0, "load_progress": 1.0}
+    assert h["models"]["test/plain"] == {
+        "status": "loaded",
+        "in_flight": 0,
+        "queued": 0,
+        "load_progress": 1.0,
+        "kv_capacity_tokens": 4096,  # max_num_seqs (1 here) full contexts of 4096 tokens
+        "kv_used_tokens": 0,
+    }
     v = http.get("/version").json()
     assert v["version"] == disc["version"] and set(v["build"]) >= {"cuda", "archs", "native_kernels"}
 

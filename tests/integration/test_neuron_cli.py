@@ -51,10 +51,10 @@ def test_demo_model_writes_a_loadable_model_and_refuses_to_overwrite(tmp_path):
 
 def test_a_config_error_is_one_line_naming_file_and_key(tmp_path):
     cfg = tmp_path / "neuron.toml"
-    cfg.write_text("port = 13131\n[admission]\nmax_in_flight = 0\n")
+    cfg.write_text("port = 13131\n[admission]\nmax_num_seqs = 0\n")
     out = neuron("serve", "--config", str(cfg), cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == f"error: {cfg}: admission.max_in_flight: expected an integer >= 1, got 0"
+    assert out.stderr.strip() == f"error: {cfg}: admission.max_num_seqs: expected an integer >= 1, got 0"
     cfg.write_text("prot = 1\n")
     out = neuron("serve", "--config", str(cfg), cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith(
@@ -65,4 +65,5 @@ def test_a_config_error_is_one_line_naming_file_and_key(tmp_path):
 def test_the_example_config_loads():
     example = Path(__file__).resolve().parents[2] / "etc" / "neuron.example.toml"
     cfg = load_neuron_config(example, env={})
-    assert cfg.port == 13131 and cfg.admission.max_in_flight >= 1 and cfg.default_models
+    assert cfg.port == 13131 and cfg.admission.max_num_seqs >= 1 and cfg.default_models
+    assert cfg.kv_cache_mb > 0 and cfg.max_batch_tokens >= 16

@@ -78,3 +78,19 @@ def test_the_fleet_key_comes_from_the_file_or_neuron_api_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_neuron_config(cfg, env={})
     assert str(err.value) == f"{cfg}: api_key: expected a non-empty key without surrounding spaces"
+
+
+def test_the_legacy_keys_are_read_under_their_new_names_with_a_warning(tmp_path, caplog):
+    cfg = tmp_path / "neuron.toml"
+    cfg.write_text("prefill_chunk_tokens = 256\n[admission]\nmax_in_flight = 3\n")
+    loaded = load_neuron_config(cfg, env={})
+    assert loaded.admission.max_num_seqs == 3 and loaded.max_batch_tokens == 256
+    assert "admission.max_in_flight is the legacy name of admission.max_num_seqs" in caplog.text
+    assert "prefill_chunk_tokens is the legacy name of max_batch_tokens" in caplog.text
+    assert load_neuron_config(None, env={"NEURON_ADMISSION__MAX_IN_FLIGHT": "2"}).admission.max_num_seqs == 2
+    cfg.write_text("[admission]\nmax_in_flight = 3\nmax_num_seqs = 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_neuron_config(cfg, env={})
+    assert "both admission.max_in_flight and its new name admission.max_num_seqs" in str(err.value)
+    defaults = load_neuron_config(None, env={})
+    assert defaults.admission.max_num_seqs is None and defaults.max_batch_tokens is None  # per device kind

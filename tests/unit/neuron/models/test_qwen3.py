@@ -1,6 +1,6 @@
 """Our Qwen3 against HF transformers on tiny random checkpoints saved in HF layout: logits of a
-chunked prefill and of 16 decode steps with the KV cache (f32, 1e-4 max abs), and greedy
-generation token for token."""
+chunked prefill and of 16 decode steps through the paged KV cache (f32, 1e-4 max abs), a batch
+of several sequences at once, and greedy generation token for token."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from transformers import Qwen3Config as HFConfig
 from transformers import Qwen3ForCausalLM as HFQwen3
 
 from cortex.protocol.errors import ApiError
+from neuron.engine.stepper import SingleSequence, pool_for
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
+from neuron.models import Batch, UnsupportedModel
 from neuron.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 CASES = {
@@ -62,9 +64,9 @@ def test_prefill_and_decode_logits_match_transformers(tiny_qwen3):
     ids = torch.randint(0, 320, (40,), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = hf(ids[None]).logits[0]
-    cache = ours.new_cache(64)
-    prefill = torch.cat([ours(ids[:11], 0, cache, all_logits=True), ours(ids[11:24], 11, cache, all_logits=True)])
-    steps = [ours(ids[i : i + 1], i, cache) for i in range(24, 40)]  # 16 decode steps
+    seq = SingleSequence(ours, pool_for(ours, 64 + 32), first_block=2)  # blocks 2.. : not the pool's first
+    prefill = torch.cat([seq.run(ids[:11], all_logits=True), seq.run(ids[11:24], all_logits=True)])
+    steps = [seq.run(ids[i : i + 1]) for i in range(24, 40)]  # 16 decode steps
     assert (prefill - ref[:24]).abs().max().item() < 1e-4
     assert (torch.stack(steps) - ref[24:]).abs().max().item() < 1e-4
     assert torch.equal(torch.stack(steps).argmax(-1), ref[24:].argmax(-1))
@@ -82,13 +84,54 @@ def test_greedy_generation_matches_transformers_generate(tiny_qwen3):
             do_sample=False,
             generation_config=transformers.GenerationConfig(eos_token_id=None, pad_token_id=0),
         )[0, 9:].tolist()
-    cache = ours.new_cache(9 + 32)
-    token = int(ours(prompt, 0, cache).argmax())
+    seq = SingleSequence(ours, pool_for(ours, 9 + 32))
+    token = int(seq.run(prompt).argmax())
     got = [token]
-    for pos in range(9, 9 + 31):
-        token = int(ours(torch.tensor([token]), pos, cache).argmax())
+    for _ in range(31):
+        token = int(seq.run([token]).argmax())
         got.append(token)
     assert got == expected
+
+
+def test_a_batch_of_sequences_gives_each_what_it_gives_alone(tiny_qwen3):
+    """Three sequences in one forward (a chunk after cached tokens, a first chunk, a decode),
+    their blocks interleaved in the pool, against each run alone."""
+    _, ours = tiny_qwen3
+    gen = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(0, 320, (n,), generator=gen).tolist() for n in (37, 20, 52)]
+    alone = []
+    for p in prompts:
+        seq = SingleSequence(ours, pool_for(ours, 64))
+        alone.append(seq.run(p, all_logits=True))
+    pool = pool_for(ours, 16 * 16)
+    tables = [[9, 2, 5, 11], [0, 7], [3, 14, 1, 8]]
+    done = [21, 0, 51]  # tokens already in the cache before the batched step
+    for p, table, n in zip(prompts, tables, done, strict=True):  # fill each sequence's earlier tokens
+        if n:
+            seq = SingleSequence(ours, pool, blocks=0)
+            seq.blocks = table
+            seq.run(p[:n])
+    ids, positions, slots, starts, lengths = [], [], [], [0], []
+    for p, table, n in zip(prompts, tables, done, strict=True):
+        ids += p[n:]
+        positions += list(range(n, len(p)))
+        slots += [table[i // 16] * 16 + i % 16 for i in range(n, len(p))]
+        starts.append(starts[-1] + len(p) - n)
+        lengths.append(len(p))
+    width = max(len(t) for t in tables)
+    batch = Batch(
+        input_ids=torch.tensor(ids),
+        positions=torch.tensor(positions),
+        query_starts=starts,
+        context_lens=lengths,
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
+        slot_mapping=torch.tensor(slots),
+        sample_indices=torch.arange(len(ids)),
+    )
+    logits = ours(batch, pool)
+    for i, n in enumerate(done):
+        got = logits[starts[i] : starts[i + 1]]
+        assert (got - alone[i][n:]).abs().max().item() < 1e-5, i
 
 
 def test_a_sharded_checkpoint_loads_tensor_by_tensor(tmp_path, tiny_qwen3):
@@ -131,7 +174,6 @@ def test_loader_names_every_missing_and_unused_tensor(tmp_path):
 def test_unsupported_variants_are_refused_naming_the_feature(override, what):
     from neuron.demo import qwen3_config
 
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(UnsupportedModel) as err:
         Qwen3Config.from_dict({**qwen3_config(64), **override})
-    assert err.value.status == 409
-    assert what in err.value.message
+    assert what in str(err.value)

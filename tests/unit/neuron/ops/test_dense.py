@@ -1,5 +1,6 @@
-"""neuron.ops dense family: the bf16 GEMV against float64 on every ISA the build knows (those this
-machine cannot run are skipped, saying why: conftest.py), awkward shapes included."""
+"""neuron.ops dense family: the bf16 GEMV and its few-rows form against float64 on every ISA the
+build knows (those this machine cannot run are skipped, saying why: conftest.py), awkward shapes
+included."""
 
 from __future__ import annotations
 
@@ -51,6 +52,34 @@ def test_linear_uses_the_kernel_for_one_row():
     assert rel_rms(lin(torch.cat([x, x])), torch.cat([ops.gemv_bf16_ref(x, w)] * 2)) < 4e-3
 
 
+@pytest.mark.parametrize(("m", "n", "k"), [(2, 7, 33), (3, 67, 1024), (8, 130, 1000), (9, 65, 3072), (16, 200, 64)])
+def test_matmul_bf16_matches_float64_for_a_few_rows(isa, m, n, k):
+    g = torch.Generator().manual_seed(m * n + k)
+    w = torch.randn(n, k, generator=g).bfloat16()
+    x = torch.randn(m, k, generator=g).bfloat16()
+    ref = x.double() @ w.double().T
+    out32 = torch.full((m, n), float("nan"))
+    got32 = ops.matmul_bf16(x, w, out=out32)
+    assert got32 is out32 and torch.isfinite(got32).all()
+    assert rel_rms(got32, ref) < 1e-5
+    for j in range(m):  # every row is the GEMV of that row (same kernels, same sums)
+        assert rel_rms(got32[j], ops.gemv_bf16(x[j], w, out=torch.empty(n))) < 1e-6
+    got = ops.matmul_bf16(x, w)
+    assert got.shape == (m, n) and got.dtype == torch.bfloat16 and rel_rms(got, ref) < 4e-3
+
+
+def test_matmul_bf16_rejects_bad_input():
+    w, x = torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(3, 8, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="bfloat16"):
+        ops.matmul_bf16(x.float(), w)
+    with pytest.raises(ValueError, match="x has 7 columns but w has K = 8"):
+        ops.matmul_bf16(torch.zeros(3, 7, dtype=torch.bfloat16), w)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.matmul_bf16(torch.zeros(8, 3, dtype=torch.bfloat16).T, w)
+    with pytest.raises(ValueError, match="out must be"):
+        ops.matmul_bf16(x, w, out=torch.empty(3, 5))
+
+
 def test_gemv_bf16_rejects_bad_input():
     w, x = torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(8, dtype=torch.bfloat16)
     with pytest.raises(TypeError, match="bfloat16"):
@@ -92,6 +121,7 @@ def test_bf16_decode_step_of_the_model_matches_its_float_path():
     import json
 
     from neuron.demo import qwen3_config, random_weights
+    from neuron.engine.stepper import SingleSequence, pool_for
     from neuron.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
     cfg = qwen3_config(256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=32)
@@ -119,8 +149,8 @@ def test_bf16_decode_step_of_the_model_matches_its_float_path():
     ids = torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(1))
     out = {}
     for dtype, m in models.items():
-        cache = m.new_cache(16)
-        m(ids[:8], 0, cache)
-        out[dtype] = torch.stack([m(ids[i : i + 1], i, cache) for i in range(8, 12)])
+        seq = SingleSequence(m, pool_for(m, 16))
+        seq.run(ids[:8])
+        out[dtype] = torch.stack([seq.run(ids[i : i + 1]) for i in range(8, 12)])
     assert rel_rms(out[torch.bfloat16], out[torch.float32]) < 3e-2  # bf16 weights and activations
     assert torch.equal(out[torch.bfloat16].argmax(-1), out[torch.float32].argmax(-1))
