@@ -71,7 +71,7 @@ class EngineRequest:
     deliver: Callable[[Output], None]  # called on the event loop
 
 
-@dataclass
+@dataclass(eq=False)  # a sequence is itself: list membership compares identity, never token lists
 class Sequence:
     id: int
     request: EngineRequest
