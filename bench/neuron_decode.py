@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -201,6 +202,89 @@ def bench_transformers(args, model_dir: Path, dtype: torch.dtype) -> dict:
     return out
 
 
+# --- through HTTP: neuron serve, and cortex in front of it --------------------------------
+
+
+def bench_http(args, model_dir: Path, dtype_name: str) -> dict:
+    """Aggregate tok/s of 1 and 8 concurrent openai SDK chat streams, straight to a real ``neuron
+    serve`` and through a real ``cortex serve`` in front of it (short prompts, ``--tokens`` each)."""
+    from gateway import free_port, spawn  # bench/gateway.py: this folder is on sys.path when run as a script
+
+    work = Path(tempfile.mkdtemp(prefix="neuron-bench-http-"))
+    root = work / "models"
+    (root / "bench" / "qwen3-0.6b").mkdir(parents=True)
+    for f in model_dir.iterdir():  # hard links (a symlink would resolve outside the model root: refused)
+        os.link(f, root / "bench" / "qwen3-0.6b" / f.name)
+    model = "bench/qwen3-0.6b"
+    nport, gport, mport = free_port(), free_port(), free_port()
+    (work / "neuron.toml").write_text(
+        f'host = "127.0.0.1"\nport = {nport}\nmodel_roots = ["{root}"]\nallow_download = false\n'
+        f'cpu_dtype = "{dtype_name}"\nkv_cache_mb = 4096\n[admission]\nmax_num_seqs = 16\nmax_queue_depth = 64\n'
+        f'[[default_models]]\nmodel_id = "{model}"\n'
+    )
+    (work / "models.toml").write_text(f'[[models]]\nid = "{model}"\nmin_devices = 0\n')
+    (work / "cortex.toml").write_text(
+        f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{gport}"\n'
+        f'metrics_listen = "127.0.0.1:{mport}"\npoll_interval_secs = 1\n'
+        f'[[neurons]]\nname = "local"\nendpoint = "http://127.0.0.1:{nport}"\n'
+    )
+    python = sys.executable
+    procs = [spawn([python, "-P", "-m", "neuron.cli", "serve", "--config", str(work / "neuron.toml")], work / "n.log")]
+    procs.append(
+        spawn([python, "-P", "-m", "cortex.cli", "serve", "--config", str(work / "cortex.toml")], work / "c.log")
+    )
+    targets = {"neuron serve": f"http://127.0.0.1:{nport}/v1", "cortex -> neuron": f"http://127.0.0.1:{gport}/v1"}
+
+    async def ask(client, n: int) -> int:
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=n,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        tokens = 0
+        async for chunk in stream:
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return tokens
+
+    async def run() -> dict:
+        import openai
+
+        out: dict = {}
+        for name, url in targets.items():
+            async with openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=600) as client:
+                deadline = time.monotonic() + 300
+                while True:  # until the model answers through this target
+                    try:
+                        await ask(client, 1)
+                        break
+                    except openai.APIError:
+                        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                            raise SystemExit(
+                                f"{name} never answered:\n{(work / 'n.log').read_text()[-2000:]}"
+                            ) from None
+                        await asyncio.sleep(0.5)
+                for c in (1, 8):
+                    rates = []
+                    for _ in range(args.reps):
+                        t0 = time.perf_counter()
+                        counts = await asyncio.gather(*(ask(client, args.tokens) for _ in range(c)))
+                        rates.append(sum(counts) / (time.perf_counter() - t0))
+                    out[(name, c)] = statistics.median(rates)
+        return out
+
+    try:
+        return asyncio.run(run())
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -229,6 +313,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "helexa-bench-qwen3-0.6b"))
     ap.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--quick", action="store_true", help="bfloat16 only, one repetition, 32 tokens")
+    ap.add_argument("--no-http", action="store_true", help="skip the rows through neuron serve and cortex")
     args = ap.parse_args()
     if args.quick:
         args.dtypes, args.reps, args.tokens = "bfloat16", 1, 32
@@ -260,6 +345,17 @@ def main() -> None:
                 + f"{hf['batch8']:.1f} |",
                 flush=True,
             )
+    http = {}
+    if not args.no_http:
+        print("\n## through HTTP (openai SDK streams, a 13-token prompt, wall time including prefill)\n")
+        print("| path | dtype | 1 stream tok/s | 8 streams tok/s | ratio |")
+        print("|---|---|---|---|---|")
+        for name in args.dtypes.split(","):
+            rows = bench_http(args, model_dir, name)
+            for path in ("neuron serve", "cortex -> neuron"):
+                one, eight = rows[(path, 1)], rows[(path, 8)]
+                http[(name, path)] = (one, eight)
+                print(f"| {path} | {name} | {one:.1f} | {eight:.1f} | {eight / one:.2f}x |", flush=True)
     print("\n## bars\n")
     for name, (ours, hf) in results.items():
         one = ours.get("streams1") or ours["decode"]
@@ -273,6 +369,9 @@ def main() -> None:
             print(
                 f"- {name}: 1-stream decode / transformers batch 1: {ours['decode'] / hf['decode']:.2f}x (bar: >= 1.5x)"
             )
+        if (name, "cortex -> neuron") in http:
+            one, eight = http[(name, "cortex -> neuron")]
+            print(f"- {name}: 8 SDK streams through cortex / 1: {eight / one:.2f}x (bar: >= 4.5x)")
         print(
             f"- {name}: prefix cache TTFT, 2,048-token prompt: cold {ours['prefix_cold'] * 1e3:.0f} ms, "
             f"2,000 cached {ours['prefix_warm'] * 1e3:.0f} ms: {ours['prefix_cold'] / ours['prefix_warm']:.1f}x "
