@@ -36,6 +36,7 @@ from cortex.protocol.anthropic.requests import (
     ToolResultBlock,
     ToolUseBlock,
     UrlSource,
+    output_schema_of,
 )
 from cortex.protocol.errors import ApiError, invalid
 from cortex.protocol.openai.chat import ChatCompletion, ToolCallDelta
@@ -195,6 +196,9 @@ def chat_request(req: MessagesRequest, model: str) -> dict[str, Any]:
         out["stop"] = list(req.stop_sequences)
     out.update(_tools(req))
     out.update(_thinking(req))
+    schema = output_schema_of(req)
+    if schema is not None:  # structured outputs: the neuron holds the answer to the schema
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
     if req.metadata is not None and req.metadata.user_id is not None:
         out["user"] = req.metadata.user_id
     return out

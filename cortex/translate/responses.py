@@ -166,6 +166,12 @@ def chat_request(req: ResponsesRequest, model: str) -> dict[str, Any]:
             out[key] = value
     out.update(_tools(req))
     out.update(_thinking(req))
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type == "json_object":
+        out["response_format"] = {"type": "json_object"}
+    elif fmt is not None and fmt.type == "json_schema":
+        spec = {"name": fmt.name or "response", "schema": fmt.schema, "strict": bool(fmt.strict)}
+        out["response_format"] = {"type": "json_schema", "json_schema": spec}
     return out
 
 
@@ -185,6 +191,16 @@ def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
     }
+
+
+def _text_format(req: ResponsesRequest) -> dict[str, Any]:
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return {"type": "text"}
+    out: dict[str, Any] = {"type": fmt.type}
+    if fmt.type == "json_schema":
+        out.update(name=fmt.name or "response", schema=fmt.schema, strict=bool(fmt.strict))
+    return out
 
 
 def _response(
@@ -235,7 +251,7 @@ def _response(
         "reasoning": (
             {"effort": req.reasoning.effort, "summary": req.reasoning.summary} if req.reasoning is not None else None
         ),
-        "text": {"format": {"type": "text"}},
+        "text": {"format": _text_format(req)},
         "truncation": "disabled",
         "metadata": req.metadata or {},
         "user": req.user,

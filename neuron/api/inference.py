@@ -33,7 +33,9 @@ from neuron.api.sse import event, stream_events
 from neuron.chat.output import THINK_CLOSE, THINK_OPEN, TOOL_OPEN, Event, ToolCall
 from neuron.chat.text import TextSide, encode_prompt
 from neuron.engine.admission import restart_error
+from neuron.engine.engine import Constraint, TokenLogprob
 from neuron.engine.generation import GenerationRequest, Outcome, generate
+from neuron.engine.grammar import GrammarError
 from neuron.engine.loaded import LoadedModel
 from neuron.engine.sampling import SamplingParams
 
@@ -88,8 +90,8 @@ def _forced_call(req: ChatCompletionRequest) -> str:
 
 
 def chat_prompt(lm: LoadedModel | TextSide, req: ChatCompletionRequest) -> ChatPrompt:
-    """The rendered conversation as token ids. A forced tool call closes an open thought first
-    (a demanded call comes without thinking) and then opens the call."""
+    """The rendered conversation as token ids. A forced tool call or a structured answer closes
+    an open thought first (it comes without thinking), and a forced call is opened."""
     tools = None
     if req.tools and req.tool_choice != "none":
         tools = [msgspec.to_builtins(t) for t in req.tools]
@@ -97,13 +99,39 @@ def chat_prompt(lm: LoadedModel | TextSide, req: ChatCompletionRequest) -> ChatP
     text = lm.template.render([_message_dict(m) for m in req.messages], tools=tools, extra=extra)
     in_reasoning = text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
     forced = _forced_call(req)
-    if forced:
+    if forced or structured_format(req.response_format) is not None:
         if in_reasoning:
             text += THINK_CLOSE + "\n\n"
             in_reasoning = False
         text += forced
     ids = encode_prompt(lm, text, param="messages")
     return ChatPrompt(ids, in_reasoning, forced)
+
+
+def structured_format(response_format: Any) -> dict[str, Any] | None:
+    """``response_format`` as the JSON the answer must be: ``{"schema": …}`` (None: any object),
+    or None when the answer is free text."""
+    if not isinstance(response_format, dict) or response_format.get("type") in (None, "text"):
+        return None
+    if response_format["type"] == "json_object":
+        return {"schema": None}
+    return {"schema": response_format["json_schema"]["schema"]}
+
+
+async def _constraint(lm: LoadedModel, req: ChatCompletionRequest | CompletionRequest) -> Constraint | None:
+    """What the answer must follow: the JSON of ``response_format``, or the tool call
+    ``tool_choice`` demands (its arguments held to the tool's schema). Built off the event loop."""
+    wanted = structured_format(req.response_format)
+    try:
+        if wanted is not None:
+            return await asyncio.to_thread(lm.grammars.json, wanted["schema"])
+        if isinstance(req, ChatCompletionRequest) and req.tools and req.tool_choice not in (None, "none", "auto"):
+            tools = [{"name": t.function.name, "parameters": t.function.parameters} for t in req.tools]
+            return await asyncio.to_thread(lm.grammars.tool_call, tools, forced_function(req))
+    except GrammarError as exc:
+        param = "response_format" if wanted is not None else "tools"
+        raise invalid(f"{param}: the schema cannot be used: {exc}", param=param) from None
+    return None
 
 
 def completion_prompt(lm: LoadedModel, req: CompletionRequest) -> list[int]:
@@ -240,8 +268,10 @@ async def chat_completions(request: Request):
         stop=stop_strings(req),
         in_reasoning=prompt.in_reasoning,
         answer_prefix=prompt.answer_prefix,
-        parse_tools=bool(req.tools) and req.tool_choice != "none",
+        parse_tools=bool(req.tools) and req.tool_choice != "none" and structured_format(req.response_format) is None,
         ignore_eos=req.ignore_eos,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        constraint=await _constraint(lm, req),
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))
     cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
@@ -260,7 +290,9 @@ async def chat_completions(request: Request):
 
 async def _complete_chat(lm, gen, outcome, cid, created, model) -> dict[str, Any]:
     content, reasoning = [], []
+    logprobs = []
     async for delta in generate(lm, gen, outcome):
+        logprobs += delta.logprobs
         for ev in delta.events:
             if ev.kind == "reasoning":
                 reasoning.append(ev.text)
@@ -284,11 +316,41 @@ async def _complete_chat(lm, gen, outcome, cid, created, model) -> dict[str, Any
                 "message": message,
                 "finish_reason": outcome.finish_reason,
                 "stop_reason": outcome.stop_reason,
-                "logprobs": None,
+                "logprobs": _chat_logprobs(lm, logprobs) if gen.logprobs is not None else None,
             }
         ],
         "usage": _usage(outcome),
         "timings": outcome.timings(),
+    }
+
+
+def _token_text(lm: LoadedModel, token: int) -> str:
+    return lm.tokenizer.decode([token], skip_special_tokens=False)
+
+
+def _chat_logprobs(lm: LoadedModel, entries: list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: each token with its log probability, its bytes and the top ones."""
+
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        text = _token_text(lm, token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    content = [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(lm: LoadedModel, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions' ``logprobs``: parallel lists, text offsets from ``offset``."""
+    tokens = [_token_text(lm, e.token) for e in entries]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{_token_text(lm, t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
     }
 
 
@@ -329,17 +391,19 @@ class _Envelope:
             body["timings"] = self.outcome.timings()
         return event(body)
 
-    def choice(self, key: str, value: Any, finish: str | None = None) -> list[dict[str, Any]]:
-        out = {"index": 0, key: value, "finish_reason": finish, "logprobs": None}
+    def choice(
+        self, key: str, value: Any, finish: str | None = None, logprobs: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        out = {"index": 0, key: value, "finish_reason": finish, "logprobs": logprobs}
         if finish is not None:
             out["stop_reason"] = self.outcome.stop_reason
         return [out]
 
-    async def finish(self, emit) -> None:
+    async def finish(self, emit, logprobs: dict[str, Any] | None = None) -> None:
         """The finishing chunk (with usage), and the usage chunk when the client asked for it."""
         empty = "" if self.object == "text_completion" else {}
         key = "text" if self.object == "text_completion" else "delta"
-        await emit(self.event(self.choice(key, empty, self.outcome.finish_reason), final=True))
+        await emit(self.event(self.choice(key, empty, self.outcome.finish_reason, logprobs), final=True))
         if self.options is not None and self.options.include_usage:
             await emit(self.event([], final=True))
 
@@ -347,11 +411,16 @@ class _Envelope:
 async def _stream_chat(emit, lm, gen, env: _Envelope) -> None:
     await emit(env.event(env.choice("delta", {"role": "assistant", "content": ""})))
     tools = 0
+    pending: list[TokenLogprob] = []
+    wanted = gen.logprobs is not None
     async for delta in generate(lm, gen, env.outcome):
-        for ev in delta.events:
-            await emit(env.event(env.choice("delta", _chat_delta(ev, tools))))
+        pending += delta.logprobs
+        for ev in delta.events:  # a delta's log probabilities ride on its first chunk
+            lp = _chat_logprobs(lm, pending) if wanted and pending else None
+            await emit(env.event(env.choice("delta", _chat_delta(ev, tools), logprobs=lp)))
+            pending = []
             tools += ev.kind == "tool_call"
-    await env.finish(emit)
+    await env.finish(emit, _chat_logprobs(lm, pending) if wanted and pending else None)
 
 
 # --- legacy completions ---------------------------------------------------------------------
@@ -373,6 +442,8 @@ async def completions(request: Request):
         stop=stop_strings(req),
         parse_tools=False,
         ignore_eos=req.ignore_eos,
+        logprobs=req.logprobs if isinstance(req.logprobs, int) and not isinstance(req.logprobs, bool) else None,
+        constraint=await _constraint(lm, req),
     )
     outcome = Outcome(prompt_tokens=len(prompt_ids))
     cid, created = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
@@ -384,10 +455,12 @@ async def completions(request: Request):
             await stream_events(request, lambda emit: _stream_completion(emit, lm, gen, env, echo), headers=queued)
             return None
         parts = [echo]
+        entries: list[TokenLogprob] = []
 
         async def whole() -> None:
             async for delta in generate(lm, gen, outcome):
                 parts.extend(ev.text for ev in delta.events)
+                entries.extend(delta.logprobs)
 
         await _abortable(request, whole())
         return response.json(
@@ -402,7 +475,7 @@ async def completions(request: Request):
                         "text": "".join(parts),
                         "finish_reason": outcome.finish_reason,
                         "stop_reason": outcome.stop_reason,
-                        "logprobs": None,
+                        "logprobs": _completion_logprobs(lm, entries, len(echo)) if gen.logprobs is not None else None,
                     }
                 ],
                 "usage": _usage(outcome),
@@ -418,8 +491,14 @@ async def completions(request: Request):
 async def _stream_completion(emit, lm, gen, env: _Envelope, echo: str) -> None:
     if echo:
         await emit(env.event(env.choice("text", echo)))
+    offset, pending = len(echo), []
+    wanted = gen.logprobs is not None
     async for delta in generate(lm, gen, env.outcome):
+        pending += delta.logprobs
         text = "".join(ev.text for ev in delta.events)
         if text:
-            await emit(env.event(env.choice("text", text)))
-    await env.finish(emit)
+            lp = _completion_logprobs(lm, pending, offset) if wanted else None
+            await emit(env.event(env.choice("text", text, logprobs=lp)))
+            offset += len(text)
+            pending = []
+    await env.finish(emit, _completion_logprobs(lm, pending, offset) if wanted and pending else None)

@@ -49,6 +49,24 @@ class Executor(Protocol):
     def execute(self, batch: Batch) -> torch.Tensor: ...
 
 
+class Constraint(Protocol):
+    """What a request's output must follow (a JSON schema, a tool call): which tokens may come
+    next, and the token that came (``neuron.engine.grammar``). Used on the device thread."""
+
+    def mask(self, vocab_size: int) -> torch.Tensor: ...  # bool [vocab_size]: allowed next
+    def accept(self, token: int) -> bool: ...  # False: the constraint is broken (never expected)
+    def is_done(self) -> bool: ...  # complete: nothing more may come but an end token
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model, and the ``top`` most likely ones."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class Output:
     """New tokens of one request after a step; ``finish`` once it is done (``stop``: an end
@@ -56,6 +74,7 @@ class Output:
 
     tokens: list[int]
     finish: str | None = None
+    logprobs: list[TokenLogprob] | None = None
     cached_tokens: int = 0  # prompt tokens the prefix cache supplied
     prefill_secs: float = 0.0  # admission to the first token (on the device)
     decode_secs: float = 0.0  # first token to the last one so far
@@ -69,6 +88,8 @@ class EngineRequest:
     params: SamplingParams
     stop_ids: frozenset[int]  # end tokens (none when the request ignores them)
     deliver: Callable[[Output], None]  # called on the event loop
+    logprobs: int | None = None  # the sampled token's log probability and this many of the most likely
+    constraint: Constraint | None = None  # structured output: only tokens it allows are sampled
 
 
 @dataclass(eq=False)  # a sequence is itself: list membership compares identity, never token lists
@@ -153,6 +174,7 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self._inbox or self._aborts)
 
+    @torch.inference_mode()
     def step(self) -> None:
         """One step: take in, schedule, forward, sample, hand out."""
         outputs: list[tuple[Sequence, Output]] = []
@@ -334,6 +356,8 @@ class Engine:
         for seq, n in scheduled:
             seq.num_computed += n
             self._register_full_blocks(seq)
+        raw = _log_probs(logits, samplers)  # of the model's own distribution, before any mask or sampling
+        self._constrain(logits, samplers)
         now = time.perf_counter()
         for row, seq in enumerate(samplers):
             token = seq.sampler.sample(logits[row])
@@ -342,21 +366,40 @@ class Engine:
             seq.generated += 1
             if seq.first_at is None:
                 seq.first_at = now
-            finish = None
-            if token in seq.request.stop_ids:
+            finish, error = None, None
+            constraint = seq.request.constraint
+            if constraint is not None and token not in seq.request.stop_ids and not constraint.accept(token):
+                finish, error = "error", "the output broke its grammar"
+            elif token in seq.request.stop_ids:
                 finish = "stop"
             elif seq.generated >= seq.request.max_new_tokens:
                 finish = "length"
             out = Output(
                 [token],
                 finish,
+                logprobs=[_logprob_of(raw[row], token, seq.request.logprobs)] if row in raw else None,
                 cached_tokens=seq.cached_tokens,
                 prefill_secs=seq.first_at - (seq.admitted_at or seq.first_at),
                 decode_secs=now - seq.first_at,
+                error=error,
             )
             if finish is not None:
                 self._finish(seq)
             outputs.append((seq, out))
+
+    def _constrain(self, logits: torch.Tensor, samplers: list[Sequence]) -> None:
+        """Sets to -inf every token a row's constraint does not allow; a complete constraint allows
+        only the request's end tokens."""
+        for row, seq in enumerate(samplers):
+            constraint = seq.request.constraint
+            if constraint is None:
+                continue
+            if constraint.is_done():
+                allowed = torch.zeros(logits.shape[1], dtype=torch.bool)
+                allowed[list(seq.request.stop_ids)] = True
+            else:
+                allowed = constraint.mask(logits.shape[1])
+            logits[row].masked_fill_(~allowed.to(logits.device), float("-inf"))
 
     def _register_full_blocks(self, seq: Sequence) -> None:
         table = seq.table
@@ -365,6 +408,24 @@ class Engine:
             chunk = tuple(seq.tokens[i * BLOCK_TOKENS : (i + 1) * BLOCK_TOKENS])
             table.last_key = self.allocator.register(table.blocks[i], table.last_key, chunk)
             table.registered += 1
+
+
+def _log_probs(logits: torch.Tensor, samplers: list[Sequence]) -> dict[int, torch.Tensor]:
+    """Log-softmax of the rows whose requests want log probabilities, in one call."""
+    rows = [row for row, seq in enumerate(samplers) if seq.request.logprobs is not None]
+    if not rows:
+        return {}
+    index = torch.tensor(rows, device=logits.device)
+    values = torch.log_softmax(logits.index_select(0, index).float(), dim=-1).cpu()
+    return {row: values[i] for i, row in enumerate(rows)}
+
+
+def _logprob_of(row: torch.Tensor, token: int, top: int | None) -> TokenLogprob:
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        values, ids = torch.topk(row, top)
+        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(row[token]), best)
 
 
 def _deliver(outputs: list[tuple[Sequence, Output]]) -> None:

@@ -17,7 +17,7 @@ from tokenizers.decoders import DecodeStream
 
 from cortex.protocol.errors import ApiError
 from neuron.chat.output import Event, OutputParser, StopMatcher, ToolCall
-from neuron.engine.engine import EngineRequest, Output
+from neuron.engine.engine import Constraint, EngineRequest, Output, TokenLogprob
 from neuron.engine.loaded import LoadedModel
 from neuron.engine.sampling import SamplingParams
 
@@ -32,14 +32,18 @@ class GenerationRequest:
     answer_prefix: str = ""  # the answer's start, already in the prompt (a forced tool call)
     parse_tools: bool = True
     ignore_eos: bool = False
+    logprobs: int | None = None  # per token: its log probability and this many alternatives
+    constraint: Constraint | None = None  # structured output
 
 
 @dataclass
 class Delta:
-    """A piece of output; the last one carries ``finish_reason``."""
+    """A piece of output; the last one carries ``finish_reason``. ``logprobs`` are those of the
+    tokens whose text this delta (or an earlier one that carried none) brought out."""
 
     events: list[Event]
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -86,10 +90,14 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
             prompt_ids=req.prompt_ids,
             max_new_tokens=req.max_new_tokens,
             params=req.params,
-            stop_ids=frozenset() if req.ignore_eos else frozenset(lm.eos_ids),
+            # a grammar ends with an end token: ignore_eos cannot apply to a structured answer
+            stop_ids=frozenset() if req.ignore_eos and req.constraint is None else frozenset(lm.eos_ids),
             deliver=outputs.put_nowait,
+            logprobs=req.logprobs,
+            constraint=req.constraint,
         )
     )
+    pending: list[TokenLogprob] = []  # log probabilities of tokens whose text has not come out yet
     done = False
     detok = DecodeStream(skip_special_tokens=True)
     finish = "length"
@@ -109,11 +117,14 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
                 if out.finish == "stop" and i == len(out.tokens) - 1:  # the end token: not part of the text
                     finish = "stop"
                     break
+                if out.logprobs is not None:
+                    pending.append(out.logprobs[i])
                 piece = detok.step(lm.tokenizer, token)
                 if piece:
                     events = parser.feed(stopper.feed(piece))
                     if events:
-                        yield Delta(events)
+                        yield Delta(events, logprobs=pending)
+                        pending = []
                     if stopper.stopped:
                         finish = "stop"
                         break
@@ -129,4 +140,4 @@ async def generate(lm: LoadedModel, req: GenerationRequest, outcome: Outcome) ->
         finish = "tool_calls"
     outcome.finish_reason = finish
     outcome.stop_reason = stopper.matched
-    yield Delta(tail, finish)
+    yield Delta(tail, finish, logprobs=pending)

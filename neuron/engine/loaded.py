@@ -24,6 +24,7 @@ from neuron.chat.text import load_tokenizer, longest_token_chars
 from neuron.engine.admission import Admission
 from neuron.engine.engine import Engine
 from neuron.engine.executor import Throughput, UniExecutor
+from neuron.engine.grammar import Grammars
 from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for
 from neuron.engine.sampling import SamplingParams
 from neuron.engine.worker import DeviceWorker
@@ -128,6 +129,7 @@ class LoadedModel:
     load_secs: float
     engine: Engine
     executor: UniExecutor
+    grammars: Grammars
     longest_token_chars: int = 1
 
     @property
@@ -240,6 +242,7 @@ def load_model(
         load_secs=0.0,
         engine=engine,
         executor=executor,
+        grammars=Grammars(tokenizer, cfg.vocab_size, eos_ids),
         longest_token_chars=longest_token_chars(tokenizer),
     )
     _warm_up(executor)

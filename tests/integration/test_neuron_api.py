@@ -158,23 +158,40 @@ def test_streamed_tool_call_arrives_whole_with_index_and_id(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
-@pytest.mark.parametrize(
-    ("choice", "city"),
-    [({"type": "function", "function": {"name": "get_weather"}}, "Paris"), ("required", "Rome")],
-)
+BOUNDED = {  # a city of at most 12 characters and nothing else: a call that ends, whatever the model
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 12}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+FORCED_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": BOUNDED}},
+    {"type": "function", "function": {"name": "get_time", "description": "Time", "parameters": {"type": "object"}}},
+]
+
+
+@pytest.mark.parametrize("choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"])
 @pytest.mark.parametrize("thinking", [None, False])
-def test_a_tool_choice_that_demands_a_call_gets_one(client, http, choice, city, thinking):
+def test_a_tool_choice_that_demands_a_call_gets_one(client, http, choice, thinking):
+    """The prompt opens the call (and counts it) and the call is held to the tools' schemas, so the
+    scripted model, which would answer in words, answers with a valid call."""
     extra = {"chat_template_kwargs": {"enable_thinking": thinking}} if thinking is not None else {}
-    body = {"model": "test/forced", "messages": USER, "tools": TOOLS, "tool_choice": choice}
-    out = client.chat.completions.create(**body, extra_body=extra)
-    assert out.choices[0].finish_reason == "tool_calls"
+    body = {"model": "test/forced", "messages": USER, "tools": FORCED_TOOLS, "tool_choice": choice, "seed": 3}
+    out = client.chat.completions.create(**body, max_tokens=300, extra_body=extra)
+    assert out.choices[0].finish_reason == "tool_calls", out
     (call,) = out.choices[0].message.tool_calls
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": city}
+    if isinstance(choice, dict):
+        assert call.function.name == "get_weather"
+    args = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        assert set(args) == {"city"} and isinstance(args["city"], str) and len(args["city"]) <= 12
+    else:
+        assert isinstance(args, dict)
     count = http.post("/tokenize", json={**body, **extra}).json()["count"]
     assert out.usage.prompt_tokens == count  # the opened call is part of the prompt, and counted
-    streamed = list(client.chat.completions.create(**body, extra_body=extra, stream=True))
+    streamed = list(client.chat.completions.create(**body, max_tokens=300, extra_body=extra, stream=True))
     calls = [tc for c in streamed if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [json.loads(c.function.arguments) for c in calls] == [{"city": city}]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [(call.function.name, args)]
     assert not any(c.choices[0].delta.content for c in streamed if c.choices)
 
 
@@ -498,38 +515,57 @@ def test_metrics_scrape_parses_and_reports_the_models(http, client):
     assert memory["test/plain"] > 0
 
 
-# --- fields accepted by OpenAI that the neuron cannot honour yet ---------------------------
+# --- log probabilities ------------------------------------------------------------------------
 
 
-JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+def test_chat_logprobs_cover_every_token_whole_and_streamed(client):
+    out = client.chat.completions.create(model="test/plain", messages=USER, logprobs=True, top_logprobs=3, seed=1)
+    choice = out.choices[0]
+    assert choice.message.content == "Hello there! How can I help?"
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content  # one entry a token, end token excluded
+    assert len(entries) == out.usage.completion_tokens - 1
+    for e in entries:
+        assert e.logprob <= 0 and e.logprob > -1e-3  # the scripted model is sure of each token
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        assert e.top_logprobs[1].logprob < -100 and e.bytes == list(e.token.encode())
+    stream = client.chat.completions.create(
+        model="test/plain", messages=USER, logprobs=True, top_logprobs=1, stream=True, seed=1
+    )
+    tokens = [e.token for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert tokens == [e.token for e in entries]
+    plain = client.chat.completions.create(model="test/plain", messages=USER)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_are_parallel_lists_with_text_offsets(client):
+    out = client.completions.create(
+        model="helexa/demo",
+        prompt="The weather",
+        max_tokens=6,
+        logprobs=2,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    lp = out.choices[0].logprobs
+    n = len(lp.tokens)
+    assert n == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(n)]
+    for top, value in zip(lp.top_logprobs, lp.token_logprobs, strict=True):  # greedy: the chosen is the best
+        assert len(top) <= 2 and max(top.values()) == pytest.approx(value)
 
 
 @pytest.mark.parametrize(
-    ("route", "fields", "param"),
+    ("fields", "param"),
     [
-        ("chat", {"logprobs": True}, "logprobs"),
-        ("chat", {"logprobs": True, "top_logprobs": 2}, "logprobs"),
-        ("chat", {"top_logprobs": 2}, "top_logprobs"),
-        ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
-        ("chat", {"response_format": JSON_SCHEMA}, "response_format"),
-        ("completions", {"logprobs": 1}, "logprobs"),
-        ("completions", {"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
     ],
 )
-@pytest.mark.parametrize("stream", [False, True])
-def test_logprobs_and_structured_output_are_refused_naming_the_field(client, route, fields, param, stream):
+def test_bad_logprobs_and_formats_are_refused_naming_the_field(client, fields, param):
     with pytest.raises(openai.BadRequestError) as err:
-        if route == "chat":
-            client.chat.completions.create(model="test/plain", messages=USER, stream=stream, **fields)
-        else:
-            client.completions.create(model="test/plain", prompt="The weather", stream=stream, **fields)
+        client.chat.completions.create(model="test/plain", messages=USER, **fields)
     assert err.value.status_code == 400 and err.value.param == param
-    assert "not supported yet" in err.value.message and param in err.value.message
-
-
-def test_the_accepted_forms_of_those_fields_still_generate(client):
-    out = client.chat.completions.create(
-        model="test/plain", messages=USER, logprobs=False, response_format={"type": "text"}
-    )
-    assert out.choices[0].message.content == "Hello there! How can I help?"
-    assert out.choices[0].logprobs is None

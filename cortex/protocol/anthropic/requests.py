@@ -114,6 +114,7 @@ class Conversation(msgspec.Struct, kw_only=True):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
+    output_format: dict[str, Any] | None = None  # the structured-outputs beta's name of output_config.format
 
 
 class MessagesRequest(Conversation, kw_only=True):
@@ -135,6 +136,21 @@ def _bad_block(where: str, value: str) -> str | None:
 def decode(body: bytes, kind: type[Conversation]) -> Any:
     """Decodes a request body; a malformed body or a wrong field is a 400 that names the field."""
     return decode_body(body, kind, _bad_block)
+
+
+def output_schema_of(req: Conversation) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow (structured outputs: ``output_config.format``, or
+    the beta's ``output_format``), or None."""
+    where, fmt = "output_format", req.output_format
+    if fmt is None and req.output_config is not None:
+        where, fmt = "output_config.format", req.output_config.format
+    if fmt is None:
+        return None
+    if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise invalid(
+            f'{where}: expected {{"type": "json_schema", "schema": {{…}}}}, got type {fmt.get("type")!r}', param=where
+        )
+    return fmt["schema"]
 
 
 def _range(value: float | None, name: str, lo: float, hi: float) -> None:
@@ -179,11 +195,7 @@ def check_conversation(req: Conversation) -> None:
             )
         if thinking.type == "enabled" and (thinking.budget_tokens is None or thinking.budget_tokens < 1):
             raise invalid("thinking.budget_tokens: a positive integer is required", param="thinking.budget_tokens")
-    if req.output_config is not None and req.output_config.format is not None:
-        raise invalid(
-            "output_config.format: structured outputs are not supported by this gateway's models yet",
-            param="output_config.format",
-        )
+    output_schema_of(req)  # a format that is not a JSON schema is a 400 naming it
     for i, m in enumerate(req.messages):
         if m.role not in ("user", "assistant"):
             raise invalid(

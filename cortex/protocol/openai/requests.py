@@ -3,7 +3,7 @@
 Decoding checks types (``msgspec`` names the field that is wrong); :func:`check_sampling` and
 friends check values. Unknown fields are accepted and ignored, as OpenAI-compatible servers do,
 except those a client relies on for the shape of the answer (``logprobs``, ``top_logprobs``,
-``response_format``): they decode whatever their type and are a 400 naming them until they work.
+``response_format``): they decode whatever their type and are checked here by value.
 """
 
 from __future__ import annotations
@@ -85,17 +85,17 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: str | None = None
-    logprobs: Any = None  # not supported yet: refused by check_chat unless false or null
-    top_logprobs: Any = None  # not supported yet: refused by check_chat unless null
-    response_format: Any = None  # only {"type": "text"} (or null) until structured output exists
+    logprobs: Any = None  # true: each token's log probability (checked by check_chat)
+    top_logprobs: Any = None  # with logprobs: this many alternatives per token (0-20)
+    response_format: Any = None  # text | json_object | json_schema (structured output, checked by value)
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: str | list[Any]  # a string, [string], or token ids
     echo: bool = False
     suffix: str | None = None
-    logprobs: Any = None  # an integer in this dialect; not supported yet, refused unless null
-    response_format: Any = None  # beyond OpenAI (vLLM takes it here too): only {"type": "text"} or null
+    logprobs: Any = None  # an integer in this dialect: the alternatives listed per token (0-20)
+    response_format: Any = None  # beyond OpenAI (vLLM takes it here too): as in chat
 
 
 def decode_request(body: bytes, kind: type[msgspec.Struct]) -> Any:
@@ -138,25 +138,39 @@ def check_sampling(req: SamplingFields) -> None:
 
 
 def _check_response_format(value: Any) -> None:
-    if value is None or (isinstance(value, dict) and value.get("type") == "text"):
+    """``text`` (or nothing), ``json_object``, or ``json_schema`` with its ``schema`` object."""
+    if value is None:
         return
     kind = value.get("type") if isinstance(value, dict) else None
-    what = f"type {kind!r} (structured output)" if isinstance(kind, str) else repr(value)
-    raise invalid(
-        f'response_format {what} is not supported yet; only {{"type": "text"}} (or leaving it out) is accepted',
-        param="response_format",
-    )
+    if kind in ("text", "json_object"):
+        return
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise invalid(
+                'response_format json_schema needs {"json_schema": {"name": "…", "schema": {…}}}',
+                param="response_format.json_schema",
+            )
+        return
+    shown = repr(kind) if isinstance(kind, str) else repr(value)
+    raise invalid(f"response_format {shown} is not one of text, json_object, json_schema", param="response_format")
+
+
+MAX_TOP_LOGPROBS = 20
 
 
 def _check_chat_logprobs(req: ChatCompletionRequest) -> None:
-    if req.logprobs is not None and req.logprobs is not False:
-        got = "" if req.logprobs is True else f" (and it takes true or false, got {req.logprobs!r})"
-        raise invalid(f"logprobs is not supported yet{got}; send logprobs: false or leave it out", param="logprobs")
-    if req.top_logprobs is not None:
+    if req.logprobs is not None and not isinstance(req.logprobs, bool):
+        raise invalid(f"logprobs takes true or false, got {req.logprobs!r}", param="logprobs")
+    top = req.top_logprobs
+    if top is None:
+        return
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS:
         raise invalid(
-            f"top_logprobs is not supported yet (got {req.top_logprobs!r}); leave it out or send null",
-            param="top_logprobs",
+            f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {top!r}", param="top_logprobs"
         )
+    if not req.logprobs:
+        raise invalid("top_logprobs needs logprobs: true", param="top_logprobs")
 
 
 def check_chat(req: ChatCompletionRequest) -> None:
@@ -216,9 +230,16 @@ def check_tool_choice(req: ChatCompletionRequest) -> None:
 
 def check_completion(req: CompletionRequest) -> None:
     check_sampling(req)
-    if req.logprobs is not None and req.logprobs is not False:
+    lp = req.logprobs
+    if (
+        lp is not None
+        and lp is not False
+        and (not isinstance(lp, int) or isinstance(lp, bool) or not 0 <= lp <= MAX_TOP_LOGPROBS)
+    ):
         raise invalid(
-            f"logprobs is not supported yet (got {req.logprobs!r}); leave it out or send null", param="logprobs"
+            f"logprobs (the alternatives to list per token) must be an integer from 0 to {MAX_TOP_LOGPROBS}, "
+            f"got {lp!r}",
+            param="logprobs",
         )
     _check_response_format(req.response_format)
     if req.suffix:

@@ -113,7 +113,11 @@ class Reasoning(msgspec.Struct, kw_only=True):
 
 
 class TextFormat(msgspec.Struct, kw_only=True):
-    type: str = "text"
+    type: str = "text"  # text | json_object | json_schema
+    name: str | None = None
+    schema: dict[str, Any] | None = None  # json_schema: what the answer must be
+    strict: bool | None = None
+    description: str | None = None
 
 
 class TextConfig(msgspec.Struct, kw_only=True):
@@ -281,11 +285,12 @@ def check_responses(req: ResponsesRequest) -> None:
                 param="reasoning.summary",
             )
     fmt = req.text.format if req.text is not None else None
-    if fmt is not None and fmt.type != "text":
+    if fmt is not None and fmt.type not in ("text", "json_object", "json_schema"):
         raise invalid(
-            f"text.format.type: {fmt.type!r} (structured output) is not supported; only 'text'",
-            param="text.format.type",
+            f"text.format.type: {fmt.type!r} is not one of text, json_object, json_schema", param="text.format.type"
         )
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema is None:
+        raise invalid("text.format.schema: a json_schema format needs its schema", param="text.format.schema")
     _check_tools(req)
     if isinstance(req.input, list):
         _check_items(req.input)

@@ -306,7 +306,7 @@ def test_tokenize_request_counts_the_same_prompt_as_the_chat_request():
         ({"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "sometimes"}}, "thinking.type"),
         (
             {"messages": [{"role": "user", "content": "x"}], "output_config": {"format": {"type": "json_schema"}}},
-            "structured outputs",
+            'expected {"type": "json_schema", "schema"',
         ),
         (
             {"messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]},
@@ -795,3 +795,14 @@ def test_check_conversation_accepts_count_tokens_bodies_without_max_tokens():
     req = decode(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', Conversation)
     check_conversation(req)
     assert tokenize_request(req, "m")["messages"] == [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize("where", ["output_config", "output_format"])
+def test_structured_outputs_reach_the_neuron_as_a_json_schema_response_format(where):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt = {"type": "json_schema", "schema": schema}
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    body.update({"output_config": {"format": fmt}} if where == "output_config" else {"output_format": fmt})
+    out = translate(body)
+    assert out["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    check_chat(msgspec.json.decode(msgspec.json.encode(out), type=ChatCompletionRequest))  # the neuron takes it

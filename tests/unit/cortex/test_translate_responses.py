@@ -458,8 +458,12 @@ def test_decode_names_the_bad_field(body, message, param):
         ({"tool_choice": {"type": "web_search_preview"}}, "'web_search_preview' is not supported", "tool_choice.type"),
         ({"reasoning": {"effort": "huge"}}, "reasoning.effort: 'huge' is not one of", "reasoning.effort"),
         ({"reasoning": {"summary": "all"}}, "reasoning.summary: 'all' is not one of", "reasoning.summary"),
-        ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "'json_schema'", "text.format.type"),
-        ({"text": {"format": {"type": "json_object"}}}, "'json_object' (structured output)", "text.format.type"),
+        ({"text": {"format": {"type": "json_schema"}}}, "needs its schema", "text.format.schema"),
+        (
+            {"text": {"format": {"type": "xml"}}},
+            "'xml' is not one of text, json_object, json_schema",
+            "text.format.type",
+        ),
     ],
 )
 def test_check_rejects(fields, message, param):
@@ -1134,3 +1138,16 @@ def test_stream_grammar(segments, finish, with_usage):
     replayed = sdk_replay(events)[-1]
     assert replayed.type == terminal
     assert replayed.response.output_text == text
+
+
+def test_text_formats_reach_the_neuron_as_response_formats_and_are_echoed():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    out = chat(input="hi", text={"format": {"type": "json_schema", "name": "count", "schema": schema, "strict": True}})
+    assert out["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "count", "schema": schema, "strict": True},
+    }
+    assert chat(input="hi", text={"format": {"type": "json_object"}})["response_format"] == {"type": "json_object"}
+    assert "response_format" not in chat(input="hi", text={"format": {"type": "text"}})
+    req = request(input="hi", text={"format": {"type": "json_schema", "name": "count", "schema": schema}})
+    assert tr._text_format(req) == {"type": "json_schema", "name": "count", "schema": schema, "strict": False}

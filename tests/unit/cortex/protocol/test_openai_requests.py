@@ -1,6 +1,6 @@
-"""OpenAI chat and legacy completion requests: the fields the neuron cannot honour yet (logprobs,
-top_logprobs, structured output) and non-finite sampling numbers are 400s naming the field, and
-what is accepted instead still passes."""
+"""OpenAI chat and legacy completion requests: logprobs, top_logprobs and response_format out of
+their ranges or shapes, and non-finite sampling numbers, are 400s naming the field, and what the
+checks allow passes."""
 
 from __future__ import annotations
 
@@ -45,26 +45,24 @@ def refused(build, **fields: Any) -> ApiError:
 @pytest.mark.parametrize(
     ("fields", "param", "needles"),
     [
-        ({"logprobs": True}, "logprobs", ["logprobs is not supported yet", "logprobs: false or leave it out"]),
-        ({"logprobs": "yes"}, "logprobs", ["takes true or false, got 'yes'"]),
+        ({"logprobs": "yes"}, "logprobs", ["logprobs takes true or false, got 'yes'"]),
         ({"logprobs": 1}, "logprobs", ["got 1"]),
-        ({"top_logprobs": 3}, "top_logprobs", ["top_logprobs is not supported yet (got 3)"]),
-        ({"logprobs": False, "top_logprobs": 0}, "top_logprobs", ["(got 0)", "leave it out or send null"]),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", ["an integer from 0 to 20, got 21"]),
+        ({"logprobs": True, "top_logprobs": True}, "top_logprobs", ["got True"]),
+        ({"top_logprobs": 3}, "top_logprobs", ["top_logprobs needs logprobs: true"]),
+        ({"logprobs": False, "top_logprobs": 0}, "top_logprobs", ["needs logprobs: true"]),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", ['{"json_schema": {"name"']),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema", []),
         (
-            {"response_format": {"type": "json_object"}},
+            {"response_format": {"type": "yaml"}},
             "response_format",
-            ["type 'json_object' (structured output) is not supported yet", 'only {"type": "text"}'],
+            ["'yaml' is not one of text, json_object, json_schema"],
         ),
-        (
-            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
-            "response_format",
-            ["type 'json_schema' (structured output)"],
-        ),
-        ({"response_format": "json"}, "response_format", ["response_format 'json' is not supported yet"]),
-        ({"response_format": {}}, "response_format", ["response_format {} is not supported yet"]),
+        ({"response_format": "json"}, "response_format", ["response_format 'json' is not one of"]),
+        ({"response_format": {}}, "response_format", ["response_format {} is not one of"]),
     ],
 )
-def test_chat_fields_not_supported_yet_are_named(fields, param, needles):
+def test_bad_chat_logprobs_and_formats_are_named(fields, param, needles):
     err = refused(chat, **fields)
     assert err.param == param
     for needle in needles:
@@ -74,32 +72,37 @@ def test_chat_fields_not_supported_yet_are_named(fields, param, needles):
 @pytest.mark.parametrize(
     ("fields", "param", "needle"),
     [
-        ({"logprobs": 0}, "logprobs", "logprobs is not supported yet (got 0); leave it out or send null"),
-        ({"logprobs": 5}, "logprobs", "(got 5)"),
-        ({"logprobs": True}, "logprobs", "(got True)"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "'json_object' (structured output)"),
+        ({"logprobs": 21}, "logprobs", "an integer from 0 to 20, got 21"),
+        ({"logprobs": -1}, "logprobs", "got -1"),
+        ({"logprobs": True}, "logprobs", "got True"),
+        ({"response_format": {"type": "xml"}}, "response_format", "'xml' is not one of"),
     ],
 )
-def test_completion_fields_not_supported_yet_are_named(fields, param, needle):
+def test_bad_completion_logprobs_and_formats_are_named(fields, param, needle):
     err = refused(completion, **fields)
     assert err.param == param
     assert needle in err.message, err.message
 
 
-def test_what_the_refusals_say_is_accepted_passes():
+def test_what_the_checks_allow_passes():
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     accepted = [
         {},
         {"logprobs": False},
+        {"logprobs": True},
+        {"logprobs": True, "top_logprobs": 0},
+        {"logprobs": True, "top_logprobs": 20},
         {"logprobs": None, "top_logprobs": None},
         {"response_format": None},
         {"response_format": {"type": "text"}},
+        {"response_format": {"type": "json_object"}},
+        {"response_format": schema},
     ]
     for fields in accepted:
         req = chat(**fields)
-        assert req.logprobs in (None, False) and req.top_logprobs is None
-        assert req.response_format in (None, {"type": "text"})
-    for fields in [{}, {"logprobs": None}, {"response_format": {"type": "text"}}]:
-        assert completion(**fields).logprobs is None
+        assert req.logprobs == fields.get("logprobs") and req.response_format == fields.get("response_format")
+    for fields in [{}, {"logprobs": None}, {"logprobs": 0}, {"logprobs": 5}, {"response_format": {"type": "text"}}]:
+        assert completion(**fields).logprobs == fields.get("logprobs")
 
 
 @pytest.mark.parametrize(
