@@ -206,6 +206,13 @@ def load_model(
     context = cfg.max_position_embeddings
     # what the fit check saw free, less what the weights took, is what is left for the pool
     blocks = kv_pool_blocks(layout, settings, free - weights, context)
+    if blocks * layout.bytes_per_block() > free - weights:  # a kv_cache_mb larger than what is left
+        raise ApiError(
+            "insufficient_storage",
+            f"model {model_id!r} fits on {worker.name}, but its KV cache (kv_cache_mb = {settings.kv_cache_mb}) "
+            f"does not: {max(0, free - weights) >> 20} MiB are left after the weights",
+            code="does_not_fit",
+        )
     if blocks < 1:
         raise ApiError(
             "insufficient_storage",

@@ -296,3 +296,18 @@ def test_a_model_that_does_not_fit_is_refused_with_507(tmp_path):
     with pytest.raises(ApiError) as err:
         asyncio.run(main())
     assert err.value.status == 507 and "needs about" in err.value.message
+
+
+def test_a_kv_cache_larger_than_what_the_weights_leave_is_refused_with_507(tiny):
+    path, _ = tiny
+
+    async def main():
+        worker = DeviceWorker(torch.device("cpu"))
+        try:
+            await loaded(path, settings(kv_cache_mb=64), worker, free=2 << 20)  # 2 MiB free: the pool wants 4
+        finally:
+            worker.close()
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(main())
+    assert err.value.status == 507 and "kv_cache_mb = 64" in err.value.message
