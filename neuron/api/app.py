@@ -19,9 +19,11 @@ from cortex.protocol.openai import errors as openai_errors
 from neuron import __version__, hardware
 from neuron.api import admin, inference
 from neuron.api.context import NeuronContext
+from neuron.api.errors import api_error_of
 from neuron.api.metrics import NeuronMetrics
 from neuron.config import NeuronConfig
 from neuron.engine.residency import HARNESSES, Residency
+from neuron.models import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,10 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
     @app.exception(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
         return _error_response(exc)
+
+    @app.exception(ModelError)
+    async def on_model_error(request: Request, exc: ModelError):
+        return _error_response(api_error_of(exc))
 
     @app.exception(SanicException)
     async def on_sanic_error(request: Request, exc: SanicException):

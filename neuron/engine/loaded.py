@@ -30,20 +30,21 @@ from neuron.engine.sampling import SamplingParams
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
-from neuron.models import ARCHITECTURES, MODEL_TYPES, Batch, ModelError, UnsupportedModel
+from neuron.models import ARCHITECTURES, MODEL_TYPES, BadCheckpoint, Batch, UnsupportedModel
 
 log = logging.getLogger(__name__)
 
 
 def architecture_of(model_dir: Path) -> tuple[type, dict[str, Any]]:
-    """The architecture class for a model directory; 409 naming the type when unsupported."""
+    """The architecture class for a model directory; :class:`UnsupportedModel` naming the type
+    when this neuron has none for it."""
     cfg_path = model_dir / "config.json"
     try:
         raw = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ApiError(
-            "invalid_request", f"config.json of the model cannot be read: {exc}", code="bad_model_config"
-        ) from None
+    except (OSError, ValueError) as exc:
+        raise BadCheckpoint(f"config.json cannot be read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadCheckpoint("config.json is not a JSON object")
     for name in raw.get("architectures") or []:
         if name in ARCHITECTURES:
             return ARCHITECTURES[name], raw
@@ -51,11 +52,9 @@ def architecture_of(model_dir: Path) -> tuple[type, dict[str, Any]]:
     if model_type in MODEL_TYPES:
         return MODEL_TYPES[model_type], raw
     supported = ", ".join(sorted(MODEL_TYPES))
-    raise ApiError(
-        "conflict",
+    raise UnsupportedModel(
         f"model_type {model_type!r} (architectures {raw.get('architectures')}) is not supported: "
-        f"this neuron serves {supported}",
-        code="unsupported_architecture",
+        f"this neuron serves {supported}"
     )
 
 
@@ -157,12 +156,6 @@ def kv_pool_blocks(layout: KVLayout, settings: KVSettings, free_after_weights: i
     return int(min(blocks, settings.max_num_seqs * blocks_for(context)))
 
 
-def _error_of(exc: ModelError, model_id: str) -> ApiError:
-    if isinstance(exc, UnsupportedModel):
-        return ApiError("conflict", str(exc), code="unsupported_architecture")
-    return ApiError("invalid_request", f"the checkpoint of {model_id!r} cannot be used: {exc}", code="bad_checkpoint")
-
-
 def load_model(
     model_id: str,
     model_dir: Path,
@@ -176,13 +169,11 @@ def load_model(
     loop: asyncio.AbstractEventLoop,
 ) -> LoadedModel:
     """Builds and fills the model on ``worker``'s device, sizes its KV pool and starts its
-    engine on the worker. Runs on the worker thread."""
+    engine on the worker. Runs on the worker thread. A checkpoint it cannot use raises a
+    :class:`~neuron.models.ModelError`; one that does not fit raises a 507."""
     t0 = time.perf_counter()
     arch, raw_cfg = architecture_of(model_dir)
-    try:
-        cfg = arch.config_class.from_dict(raw_cfg)
-    except ModelError as exc:
-        raise _error_of(exc, model_id) from None
+    cfg = arch.config_class.from_dict(raw_cfg)
     tokenizer = load_tokenizer(model_id, model_dir)
     ckpt = Checkpoint(model_dir)
     try:

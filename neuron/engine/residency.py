@@ -19,6 +19,7 @@ import torch
 from cortex.protocol.errors import ApiError, invalid
 from cortex.protocol.fleet import ModelHealth, ModelInfo, ModelSpec, ModelStatus
 from neuron import hardware
+from neuron.api.errors import api_error_of
 from neuron.chat.text import TextSide, load_text_side
 from neuron.config import NeuronConfig
 from neuron.engine.admission import Admission
@@ -26,6 +27,7 @@ from neuron.engine.loaded import KVSettings, LoadedModel, load_model, release_mo
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.resolve import check_model_id, resolve_model_dir
 from neuron.loading.safetensors import Checkpoint
+from neuron.models import ModelError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,10 @@ class Residency:
 
     async def load(self, spec: ModelSpec) -> Entry:
         """Starts (or joins) a load; returns its entry. Bad specs raise at once."""
-        check_model_id(spec.model_id)
+        try:
+            check_model_id(spec.model_id)
+        except ModelError as exc:
+            raise api_error_of(exc) from None
         if spec.harness is not None and spec.harness not in HARNESS_ALIASES:
             raise invalid(
                 f"harness {spec.harness!r} is not available: this neuron runs {', '.join(HARNESSES)}", param="harness"
@@ -222,9 +227,10 @@ class Residency:
                 str(entry.loaded.dtype).removeprefix("torch."),
                 settings.max_num_seqs,
             )
-        except ApiError as exc:
-            entry.status, entry.error, entry.failure = ModelStatus.FAILED, exc.message, exc
-            log.info("loading %s failed: %s", model_id, exc.message)
+        except (ApiError, ModelError) as exc:
+            failure = api_error_of(exc, model_id) if isinstance(exc, ModelError) else exc
+            entry.status, entry.error, entry.failure = ModelStatus.FAILED, failure.message, failure
+            log.info("loading %s failed: %s", model_id, failure.message)
         except Exception as exc:  # a bug or a broken checkpoint: keep the neuron serving
             log.exception("loading %s failed", model_id)
             entry.status, entry.error = ModelStatus.FAILED, f"{type(exc).__name__}: {exc}"
@@ -301,9 +307,12 @@ class Residency:
             return entry.loaded
         side = self._text.get(model_id)
         if side is None:
-            model_dir = resolve_model_dir(
-                model_id, roots=self.config.model_roots, hf_cache=self.config.hf_cache or "", allow_download=False
-            )
+            try:
+                model_dir = resolve_model_dir(
+                    model_id, roots=self.config.model_roots, hf_cache=self.config.hf_cache or "", allow_download=False
+                )
+            except ModelError as exc:
+                raise api_error_of(exc) from None
             side = load_text_side(model_id, model_dir)
             self._text[model_id] = side
             while len(self._text) > TEXT_SIDES_KEPT:
@@ -320,19 +329,22 @@ class Residency:
             model_dir = resolve_model_dir(
                 model_id, roots=self.config.model_roots, hf_cache=self.config.hf_cache or "", allow_download=False
             )
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        except ModelNotFound:
             raise ApiError(
                 "not_found",
                 f"model {model_id!r} is not on this neuron (model_roots or the HF cache); a footprint never downloads",
                 param="model_id",
             ) from None
-        ckpt = Checkpoint(model_dir)
+        except ModelError as exc:
+            raise api_error_of(exc) from None
         try:
-            elements = ckpt.numel()
-        finally:
-            ckpt.close()
+            ckpt = Checkpoint(model_dir)
+            try:
+                elements = ckpt.numel()
+            finally:
+                ckpt.close()
+        except ModelError as exc:
+            raise api_error_of(exc, model_id) from None
         return elements * self._dtype_for(torch.device("cpu")).itemsize, elements * GPU_FOOTPRINT_DTYPE.itemsize
 
     # --- reporting ------------------------------------------------------------------------

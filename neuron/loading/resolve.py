@@ -1,6 +1,7 @@
 """Model id -> local directory: ``model_roots`` first, then the HF cache, then (when allowed) a
 hub download into that cache. Ids are ``org/name`` or ``name``; they never name a path: ``..``,
-absolute paths and anything that resolves outside the roots or the cache are refused (400).
+absolute paths and anything that resolves outside the roots or the cache are refused
+(:class:`BadModelId`); an id found nowhere is :class:`ModelNotFound`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import logging
 import re
 from pathlib import Path
 
-from cortex.protocol.errors import ApiError, invalid
+from neuron.models import BadModelId, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +22,15 @@ DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt"
 def check_model_id(model_id: str) -> str:
     if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
         shown = model_id if len(model_id) <= 2 * MAX_ID_PART_CHARS else model_id[: 2 * MAX_ID_PART_CHARS] + "…"
-        raise invalid(
+        raise BadModelId(
             f"model id {shown!r} is not a valid id: expected 'org/name' or 'name' "
-            "(letters, digits, '.', '_', '-'), never a filesystem path",
-            param="model_id",
+            "(letters, digits, '.', '_', '-'), never a filesystem path"
         )
     longest = max(len(part) for part in model_id.split("/"))
     if longest > MAX_ID_PART_CHARS:
-        raise invalid(
+        raise BadModelId(
             f"model id {model_id[: 2 * MAX_ID_PART_CHARS]!r}… is too long: an org or a name has at most "
-            f"{MAX_ID_PART_CHARS} characters (this one has {longest})",
-            param="model_id",
+            f"{MAX_ID_PART_CHARS} characters (this one has {longest})"
         )
     return model_id
 
@@ -49,7 +48,7 @@ def _from_roots(model_id: str, roots: list[str]) -> Path | None:
         candidate = Path(root) / model_id
         if (candidate / "config.json").is_file():
             if not _within(candidate, Path(root)):
-                raise invalid(f"model {model_id!r} resolves outside its model root {root}", param="model_id")
+                raise BadModelId(f"model {model_id!r} resolves outside its model root {root}")
             return candidate.resolve()
     return None
 
@@ -72,7 +71,7 @@ def _from_hf_cache(model_id: str, cache: Path) -> Path | None:
 
 
 def resolve_model_dir(model_id: str, *, roots: list[str], hf_cache: str, allow_download: bool) -> Path:
-    """Where the files of ``model_id`` are; raises ApiError 400 (bad id) or 404 (not found)."""
+    """Where the files of ``model_id`` are; raises BadModelId or ModelNotFound."""
     check_model_id(model_id)
     found = _from_roots(model_id, roots) or _from_hf_cache(model_id, Path(hf_cache))
     if found is not None:
@@ -83,22 +82,18 @@ def resolve_model_dir(model_id: str, *, roots: list[str], hf_cache: str, allow_d
             from huggingface_hub import snapshot_download
             from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
         except ImportError:  # pragma: no cover - part of the neuron extra
-            raise ApiError("not_found", f"model {model_id!r} is not local and huggingface_hub is missing") from None
+            raise ModelNotFound(f"model {model_id!r} is not local and huggingface_hub is missing") from None
         try:
             path = Path(snapshot_download(model_id, cache_dir=hf_cache, allow_patterns=DOWNLOAD_PATTERNS))
         except RepositoryNotFoundError:
-            raise ApiError("not_found", f"model {model_id!r} was not found on the hub", param="model_id") from None
+            raise ModelNotFound(f"model {model_id!r} was not found on the hub") from None
         except (HfHubHTTPError, OSError) as exc:
-            raise ApiError(
-                "not_found", f"model {model_id!r} could not be downloaded: {exc}", param="model_id"
-            ) from None
+            raise ModelNotFound(f"model {model_id!r} could not be downloaded: {exc}") from None
         if not (path / "config.json").is_file():
-            raise ApiError("not_found", f"model {model_id!r} on the hub has no config.json", param="model_id")
+            raise ModelNotFound(f"model {model_id!r} on the hub has no config.json")
         return path
     where = ", ".join(roots) if roots else "(no model_roots)"
-    raise ApiError(
-        "not_found",
+    raise ModelNotFound(
         f"model {model_id!r} was not found in model_roots {where} or the HF cache {hf_cache}, "
-        "and downloads are disabled (allow_download = false)",
-        param="model_id",
+        "and downloads are disabled (allow_download = false)"
     )

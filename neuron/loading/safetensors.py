@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from cortex.protocol.errors import ApiError
+from neuron.models import BadCheckpoint
 
 MAX_HEADER_BYTES = 100 * 2**20  # the format's own bound
 
@@ -27,13 +27,11 @@ def read_header(path: Path) -> dict[str, Any]:
                 raise ValueError(f"header size {size} is out of range")
             header = json.loads(f.read(size))
     except FileNotFoundError:
-        raise ApiError("not_found", f"checkpoint file {path.name} is missing") from None
+        raise BadCheckpoint(f"checkpoint file {path.name} is missing") from None
     except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ApiError(
-            "conflict", f"checkpoint file {path.name} is not a readable safetensors file: {exc}", code="bad_checkpoint"
-        ) from None
+        raise BadCheckpoint(f"checkpoint file {path.name} is not a readable safetensors file: {exc}") from None
     if not isinstance(header, dict):
-        raise ApiError("conflict", f"checkpoint file {path.name} has no tensor table", code="bad_checkpoint")
+        raise BadCheckpoint(f"checkpoint file {path.name} has no tensor table")
     header.pop("__metadata__", None)
     return header
 
@@ -44,25 +42,35 @@ class Checkpoint:
     def __init__(self, model_dir: Path) -> None:
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self._file_of = {name: model_dir / f for name, f in weight_map.items()}
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                self._file_of = {str(name): model_dir / str(f) for name, f in weight_map.items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise BadCheckpoint(
+                    f"{index.name} is not a shard index (a 'weight_map' of tensor names to files): {exc}"
+                ) from None
+            outside = sorted({f.name for f in self._file_of.values() if f.parent != model_dir})
+            if outside:
+                raise BadCheckpoint(f"{index.name} names shards outside the model directory: {', '.join(outside)}")
         else:
             files = sorted(model_dir.glob("*.safetensors"))
             if not files:
-                raise ApiError("not_found", f"{model_dir.name}: no safetensors weights in the model directory")
+                raise BadCheckpoint(f"{model_dir.name}: no safetensors weights in the model directory")
             self._file_of = {}
             for f in files:
-                with safe_open(f, framework="pt") as handle:
-                    for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
-                        self._file_of[name] = f
+                for name in read_header(f):
+                    self._file_of[name] = f
         self._handles: dict[Path, object] = {}
 
     def _handle(self, name: str):
         f = self._file_of[name]
         if f not in self._handles:
             if not f.is_file():
-                raise ApiError("not_found", f"checkpoint shard {f.name} (holding {name}) is missing")
-            self._handles[f] = safe_open(f, framework="pt")
+                raise BadCheckpoint(f"checkpoint shard {f.name} (holding {name}) is missing")
+            try:
+                self._handles[f] = safe_open(f, framework="pt")
+            except (OSError, SafetensorError) as exc:
+                raise BadCheckpoint(f"checkpoint file {f.name} is not a readable safetensors file: {exc}") from None
         return self._handles[f]
 
     def names(self) -> list[str]:
@@ -85,9 +93,7 @@ class Checkpoint:
                 try:
                     total += math.prod(int(d) for d in info["shape"])
                 except (KeyError, TypeError, ValueError):
-                    raise ApiError(
-                        "conflict", f"checkpoint file {f.name}: tensor {name} has no valid shape", code="bad_checkpoint"
-                    ) from None
+                    raise BadCheckpoint(f"checkpoint file {f.name}: tensor {name} has no valid shape") from None
         return total
 
     def nbytes(self) -> int:

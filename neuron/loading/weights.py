@@ -10,8 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cortex.protocol.errors import ApiError
 from neuron.loading.safetensors import Checkpoint
+from neuron.models import BadCheckpoint
 from neuron.models.layers import Linear
 
 
@@ -72,9 +72,5 @@ def load_weights(
     if unused:
         problems.append("unused: " + ", ".join(sorted(unused)))
     if problems:
-        raise ApiError(
-            "conflict",
-            f"the checkpoint does not fit the {arch} architecture: " + "; ".join(problems),
-            code="bad_checkpoint",
-        )
+        raise BadCheckpoint(f"the checkpoint does not fit the {arch} architecture: " + "; ".join(problems))
     return used

@@ -5,7 +5,7 @@ config.json ``architectures``) with:
 
 - ``model_type`` and ``config_class``; ``config_class.from_dict(raw)`` parses config.json once
   and raises :class:`UnsupportedModel` or :class:`BadCheckpoint` (never an HTTP error: models
-  know nothing of HTTP; ``neuron.api`` maps these to 409 and 400);
+  know nothing of HTTP; ``neuron/api/errors.py`` maps each :class:`ModelError` to its status);
 - ``state_spec()``: the per-layer state a sequence carries (:class:`AttentionState` for the
   paged KV cache now; the hybrid architectures add recurrent-state slots);
 - ``FUSED``-style tables of fused weights and ``tied_names`` (the loader walks them);
@@ -26,7 +26,10 @@ import torch
 
 
 class ModelError(Exception):
-    """A model the neuron cannot serve, said in words."""
+    """A model the neuron cannot serve, said in words. Raised by ``models/`` and ``loading/``;
+    ``neuron/api/errors.py`` says which HTTP status each kind is."""
+
+    param: str | None = None  # the request field the error is about, when it is one
 
 
 class UnsupportedModel(ModelError):
@@ -35,6 +38,18 @@ class UnsupportedModel(ModelError):
 
 class BadCheckpoint(ModelError):
     """A checkpoint that is broken or incomplete (a missing config field, a missing tensor)."""
+
+
+class BadModelId(ModelError):
+    """An id that is not ``org/name`` or ``name``: a path, ``..``, a part too long."""
+
+    param = "model_id"
+
+
+class ModelNotFound(ModelError):
+    """No files for the id where the neuron looks (model_roots, the HF cache, the hub)."""
+
+    param = "model_id"
 
 
 @dataclass(frozen=True)

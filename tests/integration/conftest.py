@@ -145,6 +145,12 @@ def model_root(tmp_path_factory) -> Path:
     cfg = json.loads((llama / "config.json").read_text())
     cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
     (llama / "config.json").write_text(json.dumps(cfg))
+    broken_index = write_demo_model(root / "test" / "broken-index")  # an index that is not one
+    (broken_index / "model.safetensors.index.json").write_text('{"weight_map": ')
+    lacking = write_demo_model(root / "test" / "no-hidden-size")
+    cfg = json.loads((lacking / "config.json").read_text())
+    del cfg["hidden_size"]
+    (lacking / "config.json").write_text(json.dumps(cfg))
     return root
 
 

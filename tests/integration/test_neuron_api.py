@@ -432,6 +432,8 @@ def test_load_without_waiting_answers_202_then_loads(http):
         ({"model_id": "../etc"}, 400, "not a valid id"),
         ({"model_id": "test/nothing-here"}, 404, "allow_download = false"),
         ({"model_id": "test/llama"}, 409, "'llama'"),
+        ({"model_id": "test/broken-index"}, 400, "model.safetensors.index.json is not a shard index"),
+        ({"model_id": "test/no-hidden-size"}, 400, "config.json lacks 'hidden_size'"),
         ({"model_id": "test/extra", "quant": "q4_k"}, 400, "quant"),
         ({"model_id": "test/extra", "tensor_parallel": 2}, 400, "tensor parallelism"),
         ({"model_id": "test/extra", "harness": "vllm"}, 400, "harness"),
@@ -444,6 +446,14 @@ def test_bad_loads_are_refused_with_the_contract_status(http, spec, status, need
     assert needle in r.json()["error"]["message"]
     listed = {m["id"]: m["status"] for m in http.get("/models").json()}
     assert listed.get(spec.get("model_id", "")) in (None, "failed")
+
+
+def test_a_broken_checkpoint_is_the_callers_400_not_a_conflict(http):
+    for model_id in ("test/broken-index", "test/no-hidden-size"):
+        error = http.post("/models/load", json={"model_id": model_id}).json()["error"]
+        assert error["code"] == "bad_checkpoint" and model_id in error["message"], error
+        listed = {m["id"]: m for m in http.get("/models").json()}
+        assert listed[model_id]["status"] == "failed" and listed[model_id]["error_status"] == 400
 
 
 def test_the_unsupported_architecture_is_named_with_the_supported_list(http):

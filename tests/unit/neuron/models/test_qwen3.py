@@ -12,11 +12,11 @@ import transformers
 from transformers import Qwen3Config as HFConfig
 from transformers import Qwen3ForCausalLM as HFQwen3
 
-from cortex.protocol.errors import ApiError
+from neuron.api.errors import api_error_of
 from neuron.engine.stepper import SingleSequence, pool_for
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
-from neuron.models import Batch, UnsupportedModel
+from neuron.models import BadCheckpoint, Batch, UnsupportedModel
 from neuron.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 
 CASES = {
@@ -156,11 +156,12 @@ def test_loader_names_every_missing_and_unused_tensor(tmp_path):
     weights["model.layers.0.self_attn.extra.weight"] = torch.zeros(2)
     save_file(weights, str(tmp_path / "model.safetensors"))
     model = Qwen3ForCausalLM(Qwen3Config.from_dict(cfg), dtype=torch.float32, device=torch.device("cpu"))
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(BadCheckpoint) as err:
         load_weights(model, Checkpoint(tmp_path), arch="qwen3")
-    assert err.value.status == 409
-    assert "missing: model.layers.0.self_attn.qkv_proj.weight" in err.value.message
-    assert "unused: model.layers.0.self_attn.extra.weight" in err.value.message
+    answer = api_error_of(err.value, "t/m")
+    assert answer.status == 400 and answer.code == "bad_checkpoint" and "'t/m' cannot be used" in answer.message
+    assert "missing: model.layers.0.self_attn.qkv_proj.weight" in answer.message
+    assert "unused: model.layers.0.self_attn.extra.weight" in answer.message
 
 
 @pytest.mark.parametrize(
