@@ -35,7 +35,7 @@ from typing import Protocol
 import torch
 
 from neuron.engine.kv_cache import BLOCK_TOKENS, BlockAllocator, BlockTable, KVPool, blocks_for
-from neuron.engine.sampling import Sampler, SamplingParams
+from neuron.engine.sampling import Sampler, SamplingParams, sample_rows
 from neuron.models import Batch
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ class Engine:
         starts = [0]
         lengths: list[int] = []
         samplers: list[Sequence] = []
-        sample_rows: list[int] = []
+        sample_at: list[int] = []
         for seq, n in scheduled:
             begin = seq.num_computed
             ids.extend(seq.tokens[begin : begin + n])
@@ -332,7 +332,7 @@ class Engine:
             lengths.append(begin + n)
             if begin + n == len(seq.tokens):  # every known token computed: this step samples the next
                 samplers.append(seq)
-                sample_rows.append(starts[-1] - 1)
+                sample_at.append(starts[-1] - 1)
         width = max(len(seq.table.blocks) for seq, _ in scheduled)
         tables = torch.tensor(
             [seq.table.blocks + [0] * (width - len(seq.table.blocks)) for seq, _ in scheduled], dtype=torch.long
@@ -348,7 +348,7 @@ class Engine:
             context_lens=lengths,
             block_tables=tables.to(device, non_blocking=True),
             slot_mapping=on_device(slots),
-            sample_indices=on_device(sample_rows),
+            sample_indices=on_device(sample_at),
         )
         self.stats.steps += 1
         self.stats.batch_tokens = len(ids)
@@ -359,8 +359,8 @@ class Engine:
         raw = _log_probs(logits, samplers)  # of the model's own distribution, before any mask or sampling
         self._constrain(logits, samplers)
         now = time.perf_counter()
-        for row, seq in enumerate(samplers):
-            token = seq.sampler.sample(logits[row])
+        tokens = sample_rows(logits, [seq.sampler for seq in samplers]) if samplers else []
+        for row, (seq, token) in enumerate(zip(samplers, tokens, strict=True)):
             seq.sampler.observe(token)
             seq.tokens.append(token)
             seq.generated += 1

@@ -59,6 +59,11 @@ class Sampler:
             if prompt_ids:
                 self.seen[torch.tensor(prompt_ids, device=device)] = True
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Argmax of the raw logits: greedy with no penalty, so a batch of such rows is one argmax."""
+        return self.params.greedy and self.counts is None and self.seen is None
+
     def observe(self, token: int) -> None:
         """Records a generated token for the penalties."""
         if self.counts is not None:
@@ -100,3 +105,24 @@ class Sampler:
             probs = probs.masked_fill(probs < min(p.min_p, 1.0) * probs.max(), 0.0)
         choice = int(torch.multinomial(probs, 1, generator=self.generator))
         return choice if ids is None else int(ids[choice])
+
+
+def sample_rows(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
+    """The next token of every row of ``logits`` (``[rows, vocab]``), row ``i`` by ``samplers[i]``.
+
+    The plain greedy rows (most of a batch of coding agents at temperature 0) share one argmax;
+    every other row samples on its own, so a row's choice never depends on its neighbours.
+    """
+    tokens = [0] * len(samplers)
+    plain = [i for i, s in enumerate(samplers) if s.plain_greedy]
+    if plain:
+        rows = (
+            logits if len(plain) == len(samplers) else logits.index_select(0, torch.tensor(plain, device=logits.device))
+        )
+        rows = rows.float().nan_to_num(nan=-INF, posinf=INF, neginf=-INF)  # a NaN logit is never chosen
+        for i, token in zip(plain, rows.argmax(dim=1).tolist(), strict=True):
+            tokens[i] = token
+    for i, sampler in enumerate(samplers):
+        if not sampler.plain_greedy:
+            tokens[i] = sampler.sample(logits[i])
+    return tokens

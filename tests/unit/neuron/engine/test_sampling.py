@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 
 import msgspec
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cortex.protocol.openai.requests import ChatCompletionRequest, check_chat
-from neuron.engine.sampling import Sampler, SamplingParams
+from neuron.engine.sampling import Sampler, SamplingParams, sample_rows
 
 CPU = torch.device("cpu")
 
@@ -26,6 +27,31 @@ def draws(params: SamplingParams, logits: torch.Tensor, n: int = 400, prompt=())
 def test_temperature_zero_is_argmax_first_index_on_ties():
     logits = torch.tensor([0.1, 3.0, 3.0, -1.0])
     assert set(draws(SamplingParams(temperature=0.0), logits, 5)) == {1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batch_samples_each_row_as_its_sampler_alone_would(dtype):
+    """Plain greedy rows share one argmax; penalised and sampled rows go alone: every row's token
+    is what its own sampler picks, NaN is never chosen, ties go to the first index."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 50, generator=gen).to(dtype)
+    logits[1, :] = float("nan")
+    logits[1, 7] = 1.0  # the only real logit of a NaN row
+    logits[2, 4] = logits[2, 9] = 50.0  # a tie
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.8, seed=11),
+        SamplingParams(temperature=0.0, repetition_penalty=1.5),
+        SamplingParams(temperature=0.0),
+    ]
+    prompt = [int(logits[4].float().argmax())]  # penalised away: the penalty must be applied
+    batch = [Sampler(p, 50, prompt, CPU) for p in params]
+    alone = [Sampler(p, 50, prompt, CPU).sample(logits[i]) for i, p in enumerate(params)]
+    assert sample_rows(logits, batch) == alone
+    assert alone[1] == 7 and alone[2] == 4
+    assert sample_rows(logits[[0, 5]], [batch[0], batch[5]]) == [alone[0], alone[5]]
 
 
 def test_top_k_one_equals_greedy_and_top_k_limits_the_support():
