@@ -115,13 +115,13 @@ __attribute__((target("avx512bf16"))) void dot_block(const uint16_t* w, int64_t 
 template <int M>
 __attribute__((target("avx512bf16"))) void block_rows(const uint16_t* w, int64_t k, int64_t nrows, const uint16_t* x,
                                                       float* out, int64_t out_stride) {
-  constexpr int R = M <= 4 ? 4 : 2;  // R * M <= 16 accumulators
+  constexpr int R = M <= 4 ? 4 : 3;  // R * M <= 24 accumulators, beside R weight vectors and one x
   int64_t r = 0;
   for (; r + R <= nrows; r += R) dot_block<R, M>(w + r * k, k, x, out + r, out_stride);
   for (; r < nrows; ++r) dot_block<1, M>(w + r * k, k, x, out + r, out_stride);
 }
 
-constexpr int64_t kStep = 4;
+constexpr int64_t kStep = 8;
 
 __attribute__((target("avx512bf16"))) void multi_dot(const uint16_t* w, int64_t k, int64_t nrows, const uint16_t* x,
                                                      int64_t m, float* out, int64_t out_stride) {

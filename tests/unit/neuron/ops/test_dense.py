@@ -52,7 +52,9 @@ def test_linear_uses_the_kernel_for_one_row():
     assert rel_rms(lin(torch.cat([x, x])), torch.cat([ops.gemv_bf16_ref(x, w)] * 2)) < 4e-3
 
 
-@pytest.mark.parametrize(("m", "n", "k"), [(2, 7, 33), (3, 67, 1024), (8, 130, 1000), (9, 65, 3072), (16, 200, 64)])
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(2, 7, 33), (3, 67, 1024), (5, 31, 96), (7, 64, 40), (8, 130, 1000), (9, 65, 3072), (16, 200, 64)]
+)
 def test_matmul_bf16_matches_float64_for_a_few_rows(isa, m, n, k):
     g = torch.Generator().manual_seed(m * n + k)
     w = torch.randn(n, k, generator=g).bfloat16()
