@@ -11,6 +11,8 @@ For each dtype:
 - concurrency: aggregate decode tok/s of 1, 4, 8, 16 streams at once (distinct prompts), measured
   in the window where every stream is decoding, against ``generate`` at batch 8 (one batch of 8
   prompts of equal length, so no padding);
+- ``--quants q8_0,q4_k_m``: the same engine rows with the weights quantized in situ (bfloat16
+  activations);
 - prefix cache: TTFT of a 2,048-token prompt whose first 2,000 tokens were the previous request's,
   against the same prompt cold.
 
@@ -69,7 +71,9 @@ def prompts(n: int, length: int, seed: int) -> list[list[int]]:
     return [torch.randint(0, VOCAB, (length,), generator=gen).tolist() for _ in range(n)]
 
 
-async def load(model_dir: Path, dtype: torch.dtype, worker: DeviceWorker, max_num_seqs: int) -> LoadedModel:
+async def load(
+    model_dir: Path, dtype: torch.dtype, worker: DeviceWorker, max_num_seqs: int, quant: str | None = None
+) -> LoadedModel:
     settings = KVSettings(kv_cache_mb=4096, share=0.25, max_num_seqs=max_num_seqs, max_batch_tokens=512)
     lm = await worker.run(
         load_model,
@@ -82,6 +86,7 @@ async def load(model_dir: Path, dtype: torch.dtype, worker: DeviceWorker, max_nu
         free_bytes=lambda: 1 << 40,
         progress=lambda f: None,
         loop=asyncio.get_running_loop(),
+        quant=quant,
     )
     lm.eos_ids = set()  # random weights: never stop early
     return lm
@@ -132,12 +137,12 @@ def steady_rate(all_times: list[list[float]]) -> float:
     return count / (end - start)
 
 
-def bench_neuron(args, model_dir: Path, dtype: torch.dtype) -> dict:
+def bench_neuron(args, model_dir: Path, dtype: torch.dtype, quant: str | None = None) -> dict:
     streams = [int(s) for s in args.streams.split(",")]
 
     async def run() -> dict:
         worker = DeviceWorker(torch.device("cpu"))
-        lm = await load(model_dir, dtype, worker, max(streams))
+        lm = await load(model_dir, dtype, worker, max(streams), quant)
         out: dict = {}
         try:
             p = prompts(1, args.prompt, 0)[0]
@@ -154,6 +159,8 @@ def bench_neuron(args, model_dir: Path, dtype: torch.dtype) -> dict:
                     times = await asyncio.gather(*(stream(lm, q, args.tokens) for q in batch))
                     rates.append(steady_rate(times))
                 out[f"streams{c}"] = statistics.median(rates)
+            if quant is not None:  # the prefix cache does not depend on how the weights are held
+                return out
             # prefix cache: the previous request's first 2000 tokens, then 48 new ones
             base = prompts(1, 2048, 7)[0]
             cold_prompt = prompts(1, 2048, 8)[0]
@@ -314,6 +321,11 @@ def main() -> None:
     ap.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--quick", action="store_true", help="bfloat16 only, one repetition, 32 tokens")
     ap.add_argument("--no-http", action="store_true", help="skip the rows through neuron serve and cortex")
+    ap.add_argument(
+        "--quants",
+        default="",
+        help="in-situ quantized rows of the engine in bfloat16, e.g. q8_0,q4_k_m (default: none)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.dtypes, args.reps, args.tokens = "bfloat16", 1, 32
@@ -345,6 +357,11 @@ def main() -> None:
                 + f"{hf['batch8']:.1f} |",
                 flush=True,
             )
+    for quant in filter(None, args.quants.split(",")):
+        ours = bench_neuron(args, model_dir, torch.bfloat16, quant)
+        cells = [f"{ours.get(f'streams{c}', float('nan')):.1f}" for c in streams]
+        head = f"| neuron {quant} | bfloat16 | {ours['ttft'] * 1e3:.0f} | {ours['decode']:.1f} | "
+        print(head + " | ".join(cells) + " | |", flush=True)
     http = {}
     if not args.no_http:
         print("\n## through HTTP (openai SDK streams, a 13-token prompt, wall time including prefill)\n")

@@ -152,7 +152,7 @@ def _ps(args: argparse.Namespace) -> int:
     for node in fleet["nodes"]:
         name = node["name"] + (f" ({node['busy']})" if node.get("busy") else "")
         if not node["models"]:
-            rows.append(["-", name, "up" if node["up"] else "DOWN", "-", "-", "-", "-", "-"])
+            rows.append(["-", name, "up" if node["up"] else "DOWN", "-", "-", "-", "-", "-", "-"])
         for m in node["models"]:
             mb = m.get("vram_used_mb") or m.get("footprint_mb")
             memory = f"{mb} MB" if mb else "-"
@@ -161,12 +161,12 @@ def _ps(args: argparse.Namespace) -> int:
                 status = f"loading {100 * m['load_progress']:.0f}%"
             idle = f"{m['idle_secs']:.0f}s" if m.get("idle_secs") is not None else "-"
             in_flight = str(node["in_flight"].get(m["id"], 0))
-            rows.append(
-                [m["id"], name, status, memory, str(m.get("priority", "-")), in_flight, str(m.get("queued", 0)), idle]
-            )
+            quant = m.get("quant") or "-"  # the block type or mix the weights are held in; "-": dense
+            priority, queued = str(m.get("priority", "-")), str(m.get("queued", 0))
+            rows.append([m["id"], name, status, memory, quant, priority, in_flight, queued, idle])
     for model, count in sorted(fleet.get("waiting", {}).items()):
-        rows.append([model, "-", "waiting for room", "-", "-", "0", str(count), "-"])
-    print(_table(rows, ["MODEL", "NODE", "STATUS", "MEMORY", "PRIORITY", "IN-FLIGHT", "QUEUED", "IDLE"]))
+        rows.append([model, "-", "waiting for room", "-", "-", "-", "0", str(count), "-"])
+    print(_table(rows, ["MODEL", "NODE", "STATUS", "MEMORY", "QUANT", "PRIORITY", "IN-FLIGHT", "QUEUED", "IDLE"]))
     return 0
 
 

@@ -95,12 +95,14 @@ class NeuronClient:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise NeuronUnreachable(f"{base}/tokenize: malformed answer: {exc}") from None
 
-    async def footprint(self, base: str, model: str) -> tuple[int, int]:
-        """The neuron's estimate of what ``model`` needs there, from its weight files: (CPU MB, GPU MB)."""
+    async def footprint(self, base: str, model: str, quant: str | None = None) -> tuple[int, int]:
+        """The neuron's estimate of what ``model`` needs there (quantized to ``quant``), from its
+        weight files: (CPU MB, GPU MB)."""
 
         try:
             async with self.session.get(
                 f"{base}/models/{quote(model, safe='')}/footprint",
+                params={"quant": quant} if quant else None,
                 headers=self._headers(base),
                 timeout=self.poll_timeout,
             ) as r:

@@ -336,7 +336,7 @@ class Scheduler:
             need = fleet.footprint(model, node, gpu=profile.min_devices > 0)
             if need is None and (model, node.name) not in self._estimating:
                 self._estimating.add((model, node.name))
-                asyncio.get_running_loop().create_task(self._estimate(model, node))
+                asyncio.get_running_loop().create_task(self._estimate(model, node, profile.quant))
                 queue.reason = "estimating its footprint"
                 return
             views.append(self._view(node, need or 0, now))
@@ -401,9 +401,9 @@ class Scheduler:
             need_mb=need,
         )
 
-    async def _estimate(self, model: str, node: Node) -> None:
+    async def _estimate(self, model: str, node: Node, quant: str | None) -> None:
         try:
-            self.fleet.estimates[(model, node.name)] = await self.client.footprint(node.endpoint, model)
+            self.fleet.estimates[(model, node.name)] = await self.client.footprint(node.endpoint, model, quant)
         except (NeuronUnreachable, ApiError) as exc:
             log.info("no footprint estimate of %s from %s: %s", model, node.name, exc)
         self.changed()

@@ -90,7 +90,8 @@ async def model_route(request: Request, rest: str):
         url = ctx.config.advertise_url or f"{request.scheme}://{request.host}"
         return _json(Endpoint(url=url.rstrip("/")))
     if leaf == "footprint" and model_id:
-        cpu_bytes, gpu_bytes = await asyncio.to_thread(ctx.residency.footprint, model_id)
+        quant = request.args.get("quant") or None  # the weights as a load with this quant would hold them
+        cpu_bytes, gpu_bytes = await asyncio.to_thread(ctx.residency.footprint, model_id, quant)
         return _json(Footprint(model_id=model_id, cpu_mb=_ceil_mb(cpu_bytes), gpu_mb=_ceil_mb(gpu_bytes)))
     raise ApiError("not_found", f"no route GET /models/{rest}")
 

@@ -5,11 +5,12 @@ and error code each one is."""
 from __future__ import annotations
 
 from cortex.protocol.errors import ApiError
-from neuron.models import BadCheckpoint, BadModelId, ModelError, ModelNotFound, UnsupportedModel
+from neuron.models import BadCheckpoint, BadModelId, BadQuant, ModelError, ModelNotFound, UnsupportedModel
 
 # kind -> (ApiError kind, code): a bad checkpoint is the caller's files (400), not a conflict
 KIND_OF_MODEL_ERROR: dict[type[ModelError], tuple[str, str | None]] = {
     BadModelId: ("invalid_request", None),
+    BadQuant: ("invalid_request", None),
     ModelNotFound: ("not_found", None),
     BadCheckpoint: ("invalid_request", "bad_checkpoint"),
     UnsupportedModel: ("conflict", "unsupported_architecture"),

@@ -29,8 +29,9 @@ from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for
 from neuron.engine.sampling import SamplingParams
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.safetensors import Checkpoint
-from neuron.loading.weights import load_weights
-from neuron.models import ARCHITECTURES, MODEL_TYPES, BadCheckpoint, Batch, UnsupportedModel
+from neuron.loading.weights import load_weights, planned_bytes, resident_bytes
+from neuron.models import ARCHITECTURES, MODEL_TYPES, BadCheckpoint, BadQuant, Batch, UnsupportedModel
+from neuron.models.methods import DensePlan, IsqPlan, WeightPlan, isq_types
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +86,31 @@ def _special_eos(tokenizer: Tokenizer, model_dir: Path) -> set[int]:
     return ids
 
 
-def weight_bytes(ckpt: Checkpoint, dtype: torch.dtype) -> int:
-    """Memory the checkpoint's tensors take as ``dtype``, counted from the file headers (as a
-    footprint counts them): what a load needs free before it starts."""
-    return ckpt.numel() * dtype.itemsize
+def weight_plan(quant: str | None, cfg: Any, dtype: torch.dtype) -> WeightPlan:
+    """The methods a safetensors load gives its weights: dense in ``dtype``, or quantized in
+    situ to ``quant`` (a block type or a ``_m`` mix; any case). :class:`BadQuant` names the
+    accepted values."""
+    if quant is None:
+        return DensePlan(dtype)
+    name = quant.strip().lower()
+    if name not in isq_types():
+        accepted = ", ".join(isq_types())
+        raise BadQuant(f"quant {quant!r} is not a type this neuron quantizes to: expected one of {accepted}")
+    return IsqPlan(name, dtype, cfg.num_hidden_layers, cfg.tie_word_embeddings)
 
 
-def _param_bytes(net: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for t in [*net.parameters(), *net.buffers()]:
-        key = t.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-    return total
+def footprint_bytes(model_dir: Path, dtype: torch.dtype, quant: str | None = None) -> int:
+    """What the weights of ``model_dir`` take once loaded in ``dtype`` (quantized to ``quant``),
+    from the file headers alone: what a load needs free, and what a footprint reports."""
+    arch, raw_cfg = architecture_of(model_dir)
+    cfg = arch.config_class.from_dict(raw_cfg)
+    plan = weight_plan(quant, cfg, dtype)
+    ckpt = Checkpoint(model_dir)
+    try:
+        tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+        return planned_bytes(ckpt, plan, dtype, redundant=tied)
+    finally:
+        ckpt.close()
 
 
 @dataclass
@@ -130,6 +142,7 @@ class LoadedModel:
     executor: UniExecutor
     grammars: Grammars
     longest_token_chars: int = 1
+    quant: str | None = None  # how the weights are held: a block type or a mix; None: dense in ``dtype``
 
     @property
     def device(self) -> torch.device:
@@ -167,6 +180,7 @@ def load_model(
     free_bytes: Callable[[], int],
     progress: Callable[[float], None],
     loop: asyncio.AbstractEventLoop,
+    quant: str | None = None,
 ) -> LoadedModel:
     """Builds and fills the model on ``worker``'s device, sizes its KV pool and starts its
     engine on the worker. Runs on the worker thread. A checkpoint it cannot use raises a
@@ -174,10 +188,11 @@ def load_model(
     t0 = time.perf_counter()
     arch, raw_cfg = architecture_of(model_dir)
     cfg = arch.config_class.from_dict(raw_cfg)
+    plan = weight_plan(quant, cfg, dtype)
     tokenizer = load_tokenizer(model_id, model_dir)
     ckpt = Checkpoint(model_dir)
     try:
-        need = weight_bytes(ckpt, dtype)
+        need = planned_bytes(ckpt, plan, dtype, redundant={"lm_head.weight"} if cfg.tie_word_embeddings else set())
         free = free_bytes()
         if need > free:
             raise ApiError(
@@ -186,12 +201,12 @@ def load_model(
                 code="does_not_fit",
             )
         before = torch.cuda.memory_allocated(worker.device) if worker.device.type == "cuda" else 0
-        net = arch(cfg, dtype=dtype, device=worker.device).eval()
+        net = arch(cfg, dtype=dtype, device=worker.device, plan=plan).eval()
         load_weights(net, ckpt, redundant=net.tied_names, progress=progress, arch=arch.model_type)
     finally:
         ckpt.close()
     on_gpu = worker.device.type == "cuda"
-    weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else _param_bytes(net)
+    weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else resident_bytes(net)
     spec = net.state_spec()
     layout = KVLayout(len(spec), spec[0].kv_heads, spec[0].head_dim, dtype)
     context = cfg.max_position_embeddings
@@ -242,6 +257,7 @@ def load_model(
         executor=executor,
         grammars=Grammars(tokenizer, cfg.vocab_size, eos_ids),
         longest_token_chars=longest_token_chars(tokenizer),
+        quant=plan.quant if isinstance(plan, IsqPlan) else None,
     )
     _warm_up(executor)
     worker.attach(engine)

@@ -23,10 +23,9 @@ from neuron.api.errors import api_error_of
 from neuron.chat.text import TextSide, load_text_side
 from neuron.config import NeuronConfig
 from neuron.engine.admission import Admission
-from neuron.engine.loaded import KVSettings, LoadedModel, load_model, release_model
+from neuron.engine.loaded import KVSettings, LoadedModel, footprint_bytes, load_model, release_model
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.resolve import check_model_id, resolve_model_dir
-from neuron.loading.safetensors import Checkpoint
 from neuron.models import ModelError, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -161,11 +160,6 @@ class Residency:
             raise invalid(
                 f"harness {spec.harness!r} is not available: this neuron runs {', '.join(HARNESSES)}", param="harness"
             )
-        if spec.quant is not None:
-            raise invalid(
-                f"quant {spec.quant!r} is not supported yet: this neuron loads safetensors weights unquantized",
-                param="quant",
-            )
         entry = self.entries.get(spec.model_id)
         if entry is not None and entry.status in (ModelStatus.LOADING, ModelStatus.LOADED):
             return entry
@@ -211,6 +205,7 @@ class Residency:
                     free_bytes=self._free_bytes(device),
                     progress=progress,
                     loop=loop,
+                    quant=entry.spec.quant,
                 )
                 return entry.loaded
 
@@ -320,11 +315,11 @@ class Residency:
         self._text.move_to_end(model_id)
         return side
 
-    def footprint(self, model_id: str) -> tuple[int, int]:
+    def footprint(self, model_id: str, quant: str | None = None) -> tuple[int, int]:
         """Bytes the weights of ``model_id`` would take on this neuron's CPU (in the dtype a CPU
-        load would use) and on a GPU (bf16), from the safetensors headers alone: counted as a load
-        counts them, from local files only (never a download), no tensor read. Blocking: call it
-        off the event loop."""
+        load would use) and on a GPU (bf16), quantized to ``quant`` when given, from the file
+        headers alone: counted as a load counts them, from local files only (never a download),
+        no tensor read. Blocking: call it off the event loop."""
         try:
             model_dir = resolve_model_dir(
                 model_id, roots=self.config.model_roots, hf_cache=self.config.hf_cache or "", allow_download=False
@@ -338,14 +333,11 @@ class Residency:
         except ModelError as exc:
             raise api_error_of(exc) from None
         try:
-            ckpt = Checkpoint(model_dir)
-            try:
-                elements = ckpt.numel()
-            finally:
-                ckpt.close()
+            cpu = footprint_bytes(model_dir, self._dtype_for(torch.device("cpu")), quant)
+            gpu = footprint_bytes(model_dir, GPU_FOOTPRINT_DTYPE, quant)
         except ModelError as exc:
             raise api_error_of(exc, model_id) from None
-        return elements * self._dtype_for(torch.device("cpu")).itemsize, elements * GPU_FOOTPRINT_DTYPE.itemsize
+        return cpu, gpu
 
     # --- reporting ------------------------------------------------------------------------
 
@@ -370,7 +362,7 @@ class Residency:
                     status=ModelStatus.LOADING if e.status == ModelStatus.UNLOADING else e.status,
                     devices=e.devices,
                     vram_used_mb=(lm.memory_bytes >> 20) if lm is not None else None,
-                    quant=e.spec.quant,
+                    quant=lm.quant if lm is not None else e.spec.quant,
                     context_length=lm.context_length if lm is not None else None,
                     load_progress=round(e.progress, 3),
                     error=e.error,

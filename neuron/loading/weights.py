@@ -1,76 +1,140 @@
-"""Filling a model's parameters from a checkpoint by name. Fused weights (declared per
-architecture, see ``models/*.FUSED``) are filled block by block from their source tensors.
-Every checkpoint tensor must land somewhere and every parameter must be filled: otherwise the
-load fails naming each unused and each missing tensor."""
+"""Filling a model's weights from a :class:`WeightSource` by checkpoint name. Linear and
+Embedding modules take their tensors through their weight methods (a fused weight block by
+block, see ``models/*.FUSED``; a float tensor quantized as it arrives when the plan says so);
+every other parameter is copied. Every source tensor must land somewhere and every weight must
+be filled: otherwise the load fails naming each unused, missing and mismatched tensor."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from neuron.loading.safetensors import Checkpoint
 from neuron.models import BadCheckpoint
-from neuron.models.layers import Linear
+from neuron.models.layers import Embedding, Linear
+from neuron.models.methods import Weight, WeightPlan
+from neuron.ops.quant import QuantTensor, dequantize
 
 
-def _targets(model: nn.Module) -> dict[str, tuple[str, int | None, int | None]]:
-    """checkpoint name -> (parameter name, first row, rows) for fused blocks, or (name, None, None)."""
-    params = dict(model.named_parameters())
-    targets: dict[str, tuple[str, int | None, int | None]] = {name: (name, None, None) for name in params}
+class WeightSource(Protocol):
+    """Named tensors in HF naming (safetensors as they are; a GGUF file through its name map)."""
+
+    def names(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def read(self, name: str) -> Weight: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Target:
+    key: str  # what must be filled: a parameter name, or a module's block
+    shape: tuple[int, ...]
+    fill: Callable[[Weight], None]
+
+
+def _targets(model: nn.Module) -> dict[str, _Target]:
+    """checkpoint name -> where it goes."""
+    targets: dict[str, _Target] = {}
+    covered: set[int] = set()
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, Linear) and mod.shards:
+        if isinstance(mod, Linear):
+            covered.update(id(p) for p in mod.parameters(recurse=False))
+            if mod.tied:
+                continue
             parent = mod_name.rsplit(".", 1)[0]
-            del targets[f"{mod_name}.weight"]
-            first = 0
-            for shard, rows in mod.shards.items():
-                targets[f"{parent}.{shard}.weight"] = (f"{mod_name}.weight", first, rows)
-                first += rows
+            for shard, first, rows in mod.shard_rows():
+                name = f"{parent}.{shard}.weight" if shard else f"{mod_name}.weight"
+                targets[name] = _Target(
+                    name, (rows, mod.in_features), lambda src, m=mod, f=first, r=rows: m.fill(f, r, src)
+                )
+        elif isinstance(mod, Embedding):
+            name = f"{mod_name}.weight"
+            targets[name] = _Target(name, (mod.num_embeddings, mod.dim), mod.fill)
+            covered.update(id(p) for p in mod.parameters(recurse=False))
+    for name, param in model.named_parameters():
+        if id(param) in covered or name in targets:
+            continue
+
+        def copy(src: Weight, p: torch.Tensor = param) -> None:
+            with torch.no_grad():
+                p.copy_(dequantize(src) if isinstance(src, QuantTensor) else src)
+
+        targets[name] = _Target(name, tuple(param.shape), copy)
     return targets
 
 
 def load_weights(
     model: nn.Module,
-    ckpt: Checkpoint,
+    source: WeightSource,
     *,
     redundant: set[str] | frozenset[str] = frozenset(),
     progress: Callable[[float], None] | None = None,
     arch: str = "model",
 ) -> list[str]:
-    """Copies every checkpoint tensor into ``model``; returns the checkpoint names used."""
-    params = dict(model.named_parameters())
-    targets = _targets(model)
-    filled: dict[str, int] = {name: 0 for name in params}
+    """Fills ``model`` from every tensor of ``source``; returns the names used. ``redundant``
+    names (a tied head some checkpoints carry) are skipped."""
+    targets = {name: t for name, t in _targets(model).items() if name not in redundant}
+    filled: set[str] = set()
     used, unused, mismatched = [], [], []
-    names = ckpt.names()
+    names = source.names()
     for i, name in enumerate(names):
         if name in redundant:
             continue
-        if name not in targets:
+        target = targets.get(name)
+        if target is None:
             unused.append(name)
             continue
-        param_name, first, rows = targets[name]
-        param = params[param_name]
-        dest = param.data if first is None else param.data[first : first + rows]
-        shape = ckpt.shape(name)
-        if tuple(dest.shape) != shape:
-            mismatched.append(f"{name} {list(shape)} (expected {list(dest.shape)})")
+        shape = tuple(source.shape(name))
+        if shape != target.shape:
+            mismatched.append(f"{name} {list(shape)} (expected {list(target.shape)})")
             continue
-        with torch.no_grad():
-            dest.copy_(ckpt.read(name))
-        filled[param_name] += dest.shape[0] if first is not None else param.shape[0]
+        target.fill(source.read(name))
+        filled.add(name)
         used.append(name)
         if progress is not None:
             progress((i + 1) / len(names))
-    missing = [name for name, rows in filled.items() if rows != params[name].shape[0]]
+    missing = sorted(set(targets) - filled - {m.split(" ", 1)[0] for m in mismatched})
     problems = []
     if mismatched:
         problems.append("shape mismatch: " + ", ".join(mismatched))
     if missing:
-        problems.append("missing: " + ", ".join(sorted(missing)))
+        problems.append("missing: " + ", ".join(missing))
     if unused:
         problems.append("unused: " + ", ".join(sorted(unused)))
     if problems:
         raise BadCheckpoint(f"the checkpoint does not fit the {arch} architecture: " + "; ".join(problems))
     return used
+
+
+def planned_bytes(
+    source: WeightSource, plan: WeightPlan, dtype: torch.dtype, *, redundant: set[str] | frozenset[str] = frozenset()
+) -> int:
+    """What the weights will take once loaded under ``plan``, from the source's headers alone:
+    each matrix by its method's exact bytes, every other tensor in ``dtype``."""
+    total = 0
+    for name in source.names():
+        if name in redundant:
+            continue
+        shape = tuple(source.shape(name))
+        if len(shape) == 2:
+            total += plan.method(name, (shape[0], shape[1])).nbytes(shape[0], shape[1])
+        else:
+            total += math.prod(shape) * dtype.itemsize
+    return total
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """The exact bytes of ``model``'s weights: each Linear and Embedding by its methods, every
+    other parameter and buffer by its storage (a tied table counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total

@@ -40,6 +40,12 @@ class BadCheckpoint(ModelError):
     """A checkpoint that is broken or incomplete (a missing config field, a missing tensor)."""
 
 
+class BadQuant(ModelError):
+    """A ``quant`` this neuron cannot apply to the model's files (names what it can)."""
+
+    param = "quant"
+
+
 class BadModelId(ModelError):
     """An id that is not ``org/name`` or ``name``: a path, ``..``, a part too long."""
 

@@ -1,5 +1,6 @@
 """Building blocks shared by the architectures: RMSNorm, rotary embedding, a weight-only Linear
-with an optional fused layout, and causal attention through the paged KV cache.
+with an optional fused layout and the token embedding (both holding their weight through a
+weight method: dense or ggml blocks), and causal attention through the paged KV cache.
 
 Numerics follow HF transformers (checked by the parity tests): RMSNorm normalises in float32
 and casts back before the weight; RoPE tables are computed in float32 and cast to the input dtype.
@@ -7,12 +8,15 @@ and casts back before the weight; RoPE tables are computed in float32 and cast t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from neuron import ops
 from neuron.models import Batch, PagedKV
+from neuron.models.methods import Method, Weight, WeightPlan
 
 
 def empty_param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
@@ -33,34 +37,148 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+@dataclass
+class Part:
+    """A run of a Linear's rows held by one method: rows ``first : first + rows`` of the output."""
+
+    first: int
+    rows: int
+    method: Method
+    weight: Weight
+
+
 class Linear(nn.Module):
     """``y = x @ W.T`` with no bias. ``shards`` names the row blocks of a fused weight (q/k/v),
-    so the loader can fill each block from its own checkpoint tensor."""
+    so the loader can fill each block from its own checkpoint tensor.
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        dtype: torch.dtype,
-        device: torch.device,
-        shards: dict[str, int] | None = None,
-    ) -> None:
+    A Linear is built without storage; :meth:`bind` gives it a method per shard (from the
+    model's :class:`~neuron.models.methods.WeightPlan`) and allocates. Neighbouring shards of one
+    method share one storage, so a fused weight whose shards agree is one matrix product; shards
+    of different methods (a GGUF mix: ``v_proj`` at Q6_K beside ``q_proj`` at Q4_K) are one
+    product each, concatenated.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, shards: dict[str, int] | None = None) -> None:
         super().__init__()
-        self.weight = empty_param(out_features, in_features, dtype=dtype, device=device)
+        self.in_features, self.out_features = in_features, out_features
         self.shards = shards or {}
+        self.parts: list[Part] = []
+        self.tied = False  # the weight is a tied embedding's table: the embedding is what gets filled
+
+    def shard_rows(self) -> list[tuple[str | None, int, int]]:
+        """(shard name or None, first row, rows) of each block the loader fills."""
+        if not self.shards:
+            return [(None, 0, self.out_features)]
+        out, first = [], 0
+        for name, rows in self.shards.items():
+            out.append((name, first, rows))
+            first += rows
+        return out
+
+    def bind(self, methods: list[Method], device: torch.device) -> None:
+        """Allocates storage: ``methods[i]`` for the i-th block of :meth:`shard_rows`."""
+        blocks = self.shard_rows()
+        if len(methods) != len(blocks):
+            raise ValueError(f"{len(blocks)} weight blocks need {len(blocks)} methods, got {len(methods)}")
+        runs: list[list] = []  # [first, rows, method]
+        for (_, first, rows), method in zip(blocks, methods, strict=True):
+            if runs and runs[-1][2] == method:
+                runs[-1][1] += rows
+            else:
+                runs.append([first, rows, method])
+        self.parts = [Part(f, r, m, m.allocate(r, self.in_features, device)) for f, r, m in runs]
+        self._expose()
+
+    def share(self, other: Embedding) -> None:
+        """Uses ``other``'s table as this weight (tied embeddings): one storage, one method."""
+        self.parts = [Part(0, self.out_features, other.method, other.weight)]
+        self.tied = True
+        self._expose()
+
+    def _expose(self) -> None:
+        # torch sees the storage (memory reports, ``.to``): a dense weight as ``weight``, ggml
+        # blocks as buffers ``qweight<i>``
+        for i, part in enumerate(self.parts):
+            if isinstance(part.weight, nn.Parameter):  # shared with a tied embedding
+                self.weight = part.weight
+            elif isinstance(part.weight, torch.Tensor):
+                if len(self.parts) == 1:
+                    self.weight = nn.Parameter(part.weight, requires_grad=False)
+                    part.weight = self.weight
+                else:
+                    self.register_buffer(f"dweight{i}", part.weight, persistent=False)
+            else:
+                self.register_buffer(f"qweight{i}", part.weight.data, persistent=False)
+
+    def fill(self, first: int, rows: int, src: Weight) -> None:
+        """Fills output rows ``first : first + rows`` (one shard) from a checkpoint tensor."""
+        for part in self.parts:
+            if part.first <= first and first + rows <= part.first + part.rows:
+                with torch.no_grad():
+                    part.method.fill(part.method.rows(part.weight, first - part.first, rows), src)
+                return
+        raise ValueError(f"rows {first}:{first + rows} are not one part of this Linear")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.method.nbytes(p.rows, self.in_features) for p in self.parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        # A decode step of a bf16 model on the CPU (one row, or one per sequence of the batch): our
-        # kernels stream the weight near memory speed, once for all rows.
-        if x.dtype == torch.bfloat16 and w.dtype == torch.bfloat16 and x.device.type == "cpu":
-            if x.numel() == w.shape[1]:
-                return ops.gemv_bf16(x, w)
-            rows = x.numel() // w.shape[1]
-            if rows <= ops.MATMUL_MAX_ROWS and x.is_contiguous():
-                return ops.matmul_bf16(x.reshape(rows, w.shape[1]), w).reshape(*x.shape[:-1], w.shape[0])
-        return F.linear(x, w)
+        if len(self.parts) == 1:
+            part = self.parts[0]
+            return part.method.apply(part.weight, x)
+        return torch.cat([p.method.apply(p.weight, x) for p in self.parts], dim=-1)
+
+
+class Embedding(nn.Module):
+    """The token table ``[vocab, dim]``: dense, or ggml blocks read a row at a time (the table is
+    never dequantized whole). :meth:`bind` allocates it, as for a Linear."""
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.dim = num_embeddings, dim
+        self.method: Method | None = None
+        self.weight: Weight | None = None
+
+    def bind(self, method: Method, device: torch.device) -> None:
+        self.method = method
+        weight = method.allocate(self.num_embeddings, self.dim, device)
+        if isinstance(weight, torch.Tensor):
+            self.weight = nn.Parameter(weight, requires_grad=False)
+        else:
+            self.weight = weight
+            self.register_buffer("qweight", weight.data, persistent=False)
+
+    def fill(self, src: Weight) -> None:
+        with torch.no_grad():
+            self.method.fill(self.weight, src)
+
+    @property
+    def nbytes(self) -> int:
+        return self.method.nbytes(self.num_embeddings, self.dim)
+
+    def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.method.embed(self.weight, ids, dtype)
+
+
+def bind_weights(
+    model: nn.Module, plan: WeightPlan, device: torch.device, *, skip: set[str] | frozenset[str] = frozenset()
+) -> None:
+    """Gives every Linear and Embedding of ``model`` the method ``plan`` picks for each of its
+    checkpoint tensors (by name and shape) and allocates it; modules named in ``skip`` (a tied
+    head) are left to the architecture."""
+    for name, mod in model.named_modules():
+        if name in skip:
+            continue
+        if isinstance(mod, Linear):
+            parent = name.rsplit(".", 1)[0]
+            methods = [
+                plan.method(f"{parent}.{shard}.weight" if shard else f"{name}.weight", (rows, mod.in_features))
+                for shard, _, rows in mod.shard_rows()
+            ]
+            mod.bind(methods, device)
+        elif isinstance(mod, Embedding):
+            mod.bind(plan.method(f"{name}.weight", (mod.num_embeddings, mod.dim)), device)
 
 
 class RotaryEmbedding(nn.Module):

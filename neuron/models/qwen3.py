@@ -17,13 +17,15 @@ from torch import nn
 
 from neuron.models import AttentionState, BadCheckpoint, Batch, PagedKV, UnsupportedModel
 from neuron.models.layers import (
+    Embedding,
     Linear,
     RMSNorm,
     RotaryEmbedding,
     apply_rotary,
-    empty_param,
+    bind_weights,
     paged_attention,
 )
+from neuron.models.methods import DensePlan, WeightPlan
 
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -86,14 +88,8 @@ class Qwen3Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.q_size, self.kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         sizes = (self.q_size, self.kv_size, self.kv_size)
-        self.qkv_proj = Linear(
-            cfg.hidden_size,
-            sum(sizes),
-            dtype=dtype,
-            device=device,
-            shards=dict(zip(FUSED["qkv_proj"], sizes, strict=True)),
-        )
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, dtype=dtype, device=device)
+        self.qkv_proj = Linear(cfg.hidden_size, sum(sizes), shards=dict(zip(FUSED["qkv_proj"], sizes, strict=True)))
+        self.o_proj = Linear(self.q_size, cfg.hidden_size)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
 
@@ -112,13 +108,9 @@ class Qwen3MLP(nn.Module):
         super().__init__()
         sizes = (cfg.intermediate_size, cfg.intermediate_size)
         self.gate_up_proj = Linear(
-            cfg.hidden_size,
-            sum(sizes),
-            dtype=dtype,
-            device=device,
-            shards=dict(zip(FUSED["gate_up_proj"], sizes, strict=True)),
+            cfg.hidden_size, sum(sizes), shards=dict(zip(FUSED["gate_up_proj"], sizes, strict=True))
         )
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, device=device)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -141,8 +133,8 @@ class Qwen3DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     def __init__(self, cfg: Qwen3Config, *, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
-        self.embed_tokens = nn.Module()
-        self.embed_tokens.weight = empty_param(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device)
+        self.dtype = dtype
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
             Qwen3DecoderLayer(cfg, i, dtype=dtype, device=device) for i in range(cfg.num_hidden_layers)
         )
@@ -151,7 +143,7 @@ class Qwen3Model(nn.Module):
 
     def forward(self, batch: Batch, kv: PagedKV) -> torch.Tensor:
         """The final hidden states of every new token ``[T, hidden]`` (before the last norm)."""
-        x = F.embedding(batch.input_ids, self.embed_tokens.weight)
+        x = self.embed_tokens(batch.input_ids, self.dtype)
         cos, sin = self.rotary_emb(batch.positions, x.dtype)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         for layer in self.layers:
@@ -163,13 +155,19 @@ class Qwen3ForCausalLM(nn.Module):
     model_type = "qwen3"
     config_class = Qwen3Config
 
-    def __init__(self, cfg: Qwen3Config, *, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, cfg: Qwen3Config, *, dtype: torch.dtype, device: torch.device, plan: WeightPlan | None = None
+    ) -> None:
+        """``dtype`` is the activations' (and the norms'); ``plan`` picks each matrix weight's
+        method (default: dense in ``dtype``)."""
         super().__init__()
         self.config = cfg
         self.model = Qwen3Model(cfg, dtype=dtype, device=device)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype=dtype, device=device)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        tied = {"lm_head"} if cfg.tie_word_embeddings else set()
+        bind_weights(self, plan or DensePlan(dtype), device, skip=tied)
+        if tied:
+            self.lm_head.share(self.model.embed_tokens)
 
     @property
     def tied_names(self) -> set[str]:

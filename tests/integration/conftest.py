@@ -137,6 +137,9 @@ def model_root(tmp_path_factory) -> Path:
     write_scripted_model(root / "test" / "short", SCRIPTS["test/plain"], context=64)
     write_scripted_model(root / "test" / "extra", SCRIPTS["test/plain"])
     write_demo_model(root / "test" / "demo2")
+    tokenizer = train_tokenizer(demo_text())  # wide enough for K-quant blocks and megabytes of weights
+    wide = qwen3_config((tokenizer.get_vocab_size() + 255) // 256 * 256, hidden_size=512, intermediate_size=1024)
+    write_model_dir(root / "test" / "isq", tokenizer, wide, random_weights(wide, seed=3), template=demo_template())
     ctx = write_demo_model(root / "test" / "ctx48")
     cfg = json.loads((ctx / "config.json").read_text())
     (ctx / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 48}))

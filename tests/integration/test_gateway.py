@@ -407,6 +407,7 @@ def test_cli_status_ps_load_unload(start_fleet, tmp_path):
         "NODE",
         "STATUS",
         "MEMORY",
+        "QUANT",
         "PRIORITY",
         "IN-FLIGHT",
         "QUEUED",

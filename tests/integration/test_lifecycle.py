@@ -272,8 +272,8 @@ def test_operator_load_uses_placement_and_shows_progress_and_footprints(start_fl
         [sys.executable, "-m", "cortex.cli", "ps", "--endpoint", fleet.url], capture_output=True, text=True, timeout=30
     )
     header, row = out.stdout.splitlines()[:2]
-    assert header.split() == ["MODEL", "NODE", "STATUS", "MEMORY", "PRIORITY", "IN-FLIGHT", "QUEUED", "IDLE"]
-    assert row.split()[:6] == ["m1", "a", "loaded", "10000", "MB", "7"]
+    assert header.split() == ["MODEL", "NODE", "STATUS", "MEMORY", "QUANT", "PRIORITY", "IN-FLIGHT", "QUEUED", "IDLE"]
+    assert row.split()[:7] == ["m1", "a", "loaded", "10000", "MB", "-", "7"]
 
 
 def test_a_neuron_restarts_after_its_load_unload_cycles_once_idle(start_fleet):

@@ -419,6 +419,21 @@ def test_unload_waits_for_the_request_in_flight(running_neuron, http):
     assert "test/demo2" not in {m["id"] for m in http.get("/models").json()}
 
 
+def test_a_load_with_quant_quantizes_in_situ_and_says_so(http, client):
+    dense = http.get("/models/test%2Fisq/footprint").json()
+    planned = http.get("/models/test%2Fisq/footprint", params={"quant": "q8_0"}).json()
+    assert 0 < planned["cpu_mb"] < dense["cpu_mb"] and planned["gpu_mb"] < dense["gpu_mb"]
+    r = http.post("/models/load", json={"model_id": "test/isq", "quant": "Q8_0"})
+    assert r.status_code == 200, r.text
+    listed = {m["id"]: m for m in http.get("/models").json()}["test/isq"]
+    assert listed["quant"] == "q8_0" and listed["status"] == "loaded"
+    answer = client.chat.completions.create(model="test/isq", messages=USER, max_tokens=8, temperature=0)
+    assert answer.usage.completion_tokens == 8 and answer.choices[0].message.content
+    assert http.post("/models/unload", json={"model_id": "test/isq"}).status_code == 200
+    bad = http.get("/models/test%2Fisq/footprint", params={"quant": "q9"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "quant"
+
+
 def test_load_without_waiting_answers_202_then_loads(http):
     r = http.post("/models/load", json={"model_id": "test/extra", "wait": False})
     assert r.status_code in (200, 202) and r.json()["status"] in ("loading", "loaded")
@@ -434,7 +449,7 @@ def test_load_without_waiting_answers_202_then_loads(http):
         ({"model_id": "test/llama"}, 409, "'llama'"),
         ({"model_id": "test/broken-index"}, 400, "model.safetensors.index.json is not a shard index"),
         ({"model_id": "test/no-hidden-size"}, 400, "config.json lacks 'hidden_size'"),
-        ({"model_id": "test/extra", "quant": "q4_k"}, 400, "quant"),
+        ({"model_id": "test/extra", "quant": "q9_z"}, 400, "'q9_z' is not a type this neuron quantizes to"),
         ({"model_id": "test/extra", "tensor_parallel": 2}, 400, "tensor parallelism"),
         ({"model_id": "test/extra", "harness": "vllm"}, 400, "harness"),
         ({"model": "test/extra"}, 400, "model"),

@@ -160,7 +160,7 @@ def test_loader_names_every_missing_and_unused_tensor(tmp_path):
         load_weights(model, Checkpoint(tmp_path), arch="qwen3")
     answer = api_error_of(err.value, "t/m")
     assert answer.status == 400 and answer.code == "bad_checkpoint" and "'t/m' cannot be used" in answer.message
-    assert "missing: model.layers.0.self_attn.qkv_proj.weight" in answer.message
+    assert "missing: model.layers.0.self_attn.k_proj.weight;" in answer.message
     assert "unused: model.layers.0.self_attn.extra.weight" in answer.message
 
 

@@ -45,8 +45,10 @@ def test_linear_uses_the_kernel_for_one_row():
     w = torch.randn(300, 2048, generator=g).bfloat16()
     x = torch.randn(1, 2048, generator=g).bfloat16()
     from neuron.models.layers import Linear
+    from neuron.models.methods import Dense
 
-    lin = Linear(2048, 300, dtype=torch.bfloat16, device=torch.device("cpu"))
+    lin = Linear(2048, 300)
+    lin.bind([Dense(torch.bfloat16)], torch.device("cpu"))
     lin.weight.data.copy_(w)
     assert rel_rms(lin(x), ops.gemv_bf16_ref(x, w)) < 4e-3
     assert rel_rms(lin(torch.cat([x, x])), torch.cat([ops.gemv_bf16_ref(x, w)] * 2)) < 4e-3
