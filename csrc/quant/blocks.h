@@ -16,7 +16,8 @@
 
 namespace helexa::quant {
 
-// Values are ggml's type ids, so a GGUF tensor's type maps to ours without a table.
+// Values are ggml's type ids, so a GGUF tensor's type maps to ours without a table. Which types
+// are supported, and everything known about each, is the trait table's business (quant/traits.h).
 enum class QuantType : int32_t { q4_0 = 2, q8_0 = 8, q4_k = 12, q5_k = 13, q6_k = 14 };
 
 constexpr int kQK = 256;  // elements of a K-quant super-block
@@ -57,35 +58,6 @@ struct BlockQ6_K {
   uint16_t d;
 };
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must be 210 bytes");
-
-struct QuantTraits {
-  const char* name;
-  int block_elems;
-  int block_bytes;
-  int act_block;  // elements per int8 activation scale used by this type's dot product
-};
-
-static constexpr QuantTraits traits(QuantType t) {
-  switch (t) {
-    case QuantType::q4_0: return {"q4_0", 32, sizeof(BlockQ4_0), 32};
-    case QuantType::q8_0: return {"q8_0", 32, sizeof(BlockQ8_0), 32};
-    case QuantType::q4_k: return {"q4_k", kQK, sizeof(BlockQ4_K), kQK};
-    case QuantType::q5_k: return {"q5_k", kQK, sizeof(BlockQ5_K), kQK};
-    case QuantType::q6_k: return {"q6_k", kQK, sizeof(BlockQ6_K), kQK};
-  }
-  return {"?", 1, 1, 1};
-}
-
-static inline bool is_known(QuantType t) {
-  switch (t) {
-    case QuantType::q4_0:
-    case QuantType::q8_0:
-    case QuantType::q4_k:
-    case QuantType::q5_k:
-    case QuantType::q6_k: return true;
-  }
-  return false;
-}
 
 static inline float load_half(const void* p) {
   uint16_t h;

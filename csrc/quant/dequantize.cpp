@@ -6,28 +6,11 @@
 #include "common/check.h"
 #include "common/thread_pool.h"
 #include "quant/quant.h"
+#include "quant/rows.h"
+#include "quant/traits.h"
 
 namespace helexa::quant {
 namespace {
-
-void dequantize_q4_0(const uint8_t* src, float* y, int64_t nblocks) {
-  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
-    const auto* blk = reinterpret_cast<const BlockQ4_0*>(src + b * sizeof(BlockQ4_0));
-    const float d = load_half(&blk->d);
-    for (int j = 0; j < 16; ++j) {
-      y[j] = d * static_cast<float>((blk->qs[j] & 0xF) - 8);
-      y[j + 16] = d * static_cast<float>((blk->qs[j] >> 4) - 8);
-    }
-  }
-}
-
-void dequantize_q8_0(const uint8_t* src, float* y, int64_t nblocks) {
-  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
-    const auto* blk = reinterpret_cast<const BlockQ8_0*>(src + b * sizeof(BlockQ8_0));
-    const float d = load_half(&blk->d);
-    for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(blk->qs[j]);
-  }
-}
 
 // Q4_K and Q5_K share scales; q5 adds the fifth bit from qh when it is given.
 void dequantize_k4(const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, float d, float dmin,
@@ -49,21 +32,42 @@ void dequantize_k4(const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, 
   }
 }
 
-void dequantize_q4_k(const uint8_t* src, float* y, int64_t nblocks) {
+}  // namespace
+
+void dequantize_row_q4_0(const uint8_t* src, float* y, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
+    const auto* blk = reinterpret_cast<const BlockQ4_0*>(src + b * sizeof(BlockQ4_0));
+    const float d = load_half(&blk->d);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = d * static_cast<float>((blk->qs[j] & 0xF) - 8);
+      y[j + 16] = d * static_cast<float>((blk->qs[j] >> 4) - 8);
+    }
+  }
+}
+
+void dequantize_row_q8_0(const uint8_t* src, float* y, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
+    const auto* blk = reinterpret_cast<const BlockQ8_0*>(src + b * sizeof(BlockQ8_0));
+    const float d = load_half(&blk->d);
+    for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(blk->qs[j]);
+  }
+}
+
+void dequantize_row_q4_k(const uint8_t* src, float* y, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, y += kQK) {
     const auto* blk = reinterpret_cast<const BlockQ4_K*>(src + b * sizeof(BlockQ4_K));
     dequantize_k4(blk->scales, blk->qs, nullptr, load_half(&blk->d), load_half(&blk->dmin), y);
   }
 }
 
-void dequantize_q5_k(const uint8_t* src, float* y, int64_t nblocks) {
+void dequantize_row_q5_k(const uint8_t* src, float* y, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, y += kQK) {
     const auto* blk = reinterpret_cast<const BlockQ5_K*>(src + b * sizeof(BlockQ5_K));
     dequantize_k4(blk->scales, blk->qs, blk->qh, load_half(&blk->d), load_half(&blk->dmin), y);
   }
 }
 
-void dequantize_q6_k(const uint8_t* src, float* y, int64_t nblocks) {
+void dequantize_row_q6_k(const uint8_t* src, float* y, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, y += kQK) {
     const auto* blk = reinterpret_cast<const BlockQ6_K*>(src + b * sizeof(BlockQ6_K));
     const float d = load_half(&blk->d);
@@ -87,30 +91,14 @@ void dequantize_q6_k(const uint8_t* src, float* y, int64_t nblocks) {
   }
 }
 
-using RowFn = void (*)(const uint8_t*, float*, int64_t);
-
-RowFn row_fn(QuantType t) {
-  switch (t) {
-    case QuantType::q4_0: return dequantize_q4_0;
-    case QuantType::q8_0: return dequantize_q8_0;
-    case QuantType::q4_k: return dequantize_q4_k;
-    case QuantType::q5_k: return dequantize_q5_k;
-    case QuantType::q6_k: return dequantize_q6_k;
-  }
-  return nullptr;
-}
-
-}  // namespace
-
 void dequantize_cpu(void* out, const uint8_t* w, int64_t rows, int64_t cols, QuantType t, DType out_t) {
-  HELEXA_CHECK(is_known(t), "unknown quant type ", static_cast<int>(t));
-  const QuantTraits tr = traits(t);
+  const QuantTraits& tr = quant_traits(t);
   HELEXA_CHECK(rows >= 0 && cols >= 0, "rows and cols must be >= 0, got ", rows, " x ", cols);
   HELEXA_CHECK(cols % tr.block_elems == 0, tr.name, ": row length ", cols,
                " is not a multiple of the block size ", tr.block_elems);
   const int64_t nb = cols / tr.block_elems;
   const int64_t row_bytes = nb * tr.block_bytes;
-  const RowFn fn = row_fn(t);
+  const DequantizeRowFn fn = tr.dequantize_row;
   const int esize = dtype_size(out_t);
   parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> row;

@@ -9,6 +9,7 @@
 // This file uses no standard-library templates: see the note in quant/blocks.h.
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "quant/kernels.h"
@@ -43,12 +44,12 @@ struct Args {
 };
 
 // Q4_K and Q5_K (kFive adds the fifth bit from qh).
-template <bool kFive>
+template <class Block, bool kFive>
 struct K4 {
   template <int C>
   static void run(const Args& p) {
-    constexpr int kQs = kFive ? 48 : 16;
-    constexpr int64_t kBytes = kFive ? 176 : 144;
+    constexpr int64_t kQs = offsetof(Block, qs);
+    constexpr int64_t kBytes = sizeof(Block);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i sixteen = _mm512_set1_epi8(16);
     const __m256i dup = _mm256_setr_epi16(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -66,15 +67,15 @@ struct K4 {
       for (int64_t b = 0; b < p.nb; ++b) {
         const uint8_t* blk = row + b * kBytes;
         prefetch_ahead(blk, kBytes);
-        const float d = half(blk), dmin = half(blk + 2);
+        const float d = half(blk + offsetof(Block, d)), dmin = half(blk + offsetof(Block, dmin));
         uint8_t sc[8], mn[8];
-        unpack_k4_scales(blk + 4, sc, mn);
+        unpack_k4_scales(blk + offsetof(Block, scales), sc, mn);
         const __m512i scz = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))));
         const __m256i mdup = _mm256_permutexvar_epi16(
             dup, _mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)))));
         __m512i q[4], s[4];
         __m512i qh = _mm512_setzero_si512();
-        if (kFive) qh = _mm512_broadcast_i64x4(load256(blk + 16));
+        if (kFive) qh = _mm512_broadcast_i64x4(load256(blk + offsetof(BlockQ5_K, qh)));
         for (int g = 0; g < 4; ++g) {
           const __m256i raw = load256(blk + kQs + 32 * g);
           q[g] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), m4);
@@ -116,15 +117,15 @@ struct Q6K {
       __m512 acc[C];
       for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
       for (int64_t b = 0; b < p.nb; ++b) {
-        const uint8_t* blk = row + b * 210;
-        prefetch_ahead(blk, 210);
-        const float d = half(blk + 208);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(blk + 192));
+        const uint8_t* blk = row + b * sizeof(BlockQ6_K);
+        prefetch_ahead(blk, sizeof(BlockQ6_K));
+        const float d = half(blk + offsetof(BlockQ6_K, d));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(blk + offsetof(BlockQ6_K, scales)));
         const __m512i scz = _mm512_castsi256_si512(sc16);
         __m512i q[4], s[4];
         for (int h = 0; h < 2; ++h) {
-          const __m512i lo = load512(blk + 64 * h);
-          const __m512i hi = _mm512_broadcast_i64x4(load256(blk + 128 + 32 * h));
+          const __m512i lo = load512(blk + offsetof(BlockQ6_K, ql) + 64 * h);
+          const __m512i hi = _mm512_broadcast_i64x4(load256(blk + offsetof(BlockQ6_K, qh) + 32 * h));
           const __m512i h0 = _mm512_and_si512(_mm512_srlv_epi16(hi, shift_lo), three);
           const __m512i h1 = _mm512_and_si512(_mm512_srlv_epi16(hi, shift_hi), three);
           q[2 * h] = _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_slli_epi16(h0, 4));
@@ -149,6 +150,8 @@ struct Q6K {
 };
 
 struct Q8_0 {
+  static constexpr int64_t kBytes = sizeof(BlockQ8_0);
+  static constexpr int64_t kQs = offsetof(BlockQ8_0, qs), kD = offsetof(BlockQ8_0, d);
   template <int C>
   static void run(const Args& p) {
     const __m512i zero = _mm512_setzero_si512();
@@ -158,12 +161,13 @@ struct Q8_0 {
       for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
       int64_t b = 0;
       for (; b + 1 < p.nb; b += 2) {
-        const uint8_t* b0 = row + b * 34;
-        prefetch_ahead(b0, 68);
-        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(load256(b0 + 2)), load256(b0 + 36), 1);
+        const uint8_t* b0 = row + b * kBytes;
+        const uint8_t* b1 = b0 + kBytes;
+        prefetch_ahead(b0, 2 * kBytes);
+        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(load256(b0 + kQs)), load256(b1 + kQs), 1);
         const __mmask64 neg = _mm512_movepi8_mask(w);
         const __m512i aw = _mm512_abs_epi8(w);  // |-128| reads as 128 unsigned
-        const float d0 = half(b0), d1 = half(b0 + 34);
+        const float d0 = half(b0 + kD), d1 = half(b1 + kD);
         for (int c = 0; c < C; ++c) {
           const __m512i x = load512(p.a[c].qs + b * 32);
           const __m512i sum = _mm512_dpbusd_epi32(zero, aw, _mm512_mask_sub_epi8(x, neg, zero, x));
@@ -172,11 +176,11 @@ struct Q8_0 {
         }
       }
       if (b < p.nb) {
-        const uint8_t* b0 = row + b * 34;
-        const __m256i w = load256(b0 + 2);
+        const uint8_t* b0 = row + b * kBytes;
+        const __m256i w = load256(b0 + kQs);
         const __mmask32 neg = _mm256_movepi8_mask(w);
         const __m256i aw = _mm256_abs_epi8(w);
-        const float d0 = half(b0);
+        const float d0 = half(b0 + kD);
         for (int c = 0; c < C; ++c) {
           const __m256i x = load256(p.a[c].qs + b * 32);
           const __m256i xs = _mm256_mask_sub_epi8(x, neg, _mm256_setzero_si256(), x);
@@ -190,6 +194,8 @@ struct Q8_0 {
 };
 
 struct Q4_0 {
+  static constexpr int64_t kBytes = sizeof(BlockQ4_0);
+  static constexpr int64_t kQs = offsetof(BlockQ4_0, qs), kD = offsetof(BlockQ4_0, d);
   template <int C>
   static void run(const Args& p) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -200,12 +206,13 @@ struct Q4_0 {
       for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
       int64_t b = 0;
       for (; b + 1 < p.nb; b += 2) {
-        const uint8_t* b0 = row + b * 18;
-        prefetch_ahead(b0, 36);
-        const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(load128(b0 + 2)), load128(b0 + 20), 1);
+        const uint8_t* b0 = row + b * kBytes;
+        const uint8_t* b1 = b0 + kBytes;
+        prefetch_ahead(b0, 2 * kBytes);
+        const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(load128(b0 + kQs)), load128(b1 + kQs), 1);
         __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(both), _mm256_srli_epi16(both, 4), 1);
         u = _mm512_and_si512(_mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(3, 1, 2, 0)), m4);  // [lo0 hi0 lo1 hi1]
-        const float d0 = half(b0), d1 = half(b0 + 18);
+        const float d0 = half(b0 + kD), d1 = half(b1 + kD);
         for (int c = 0; c < C; ++c) {
           // -8 * (sum of x) per block, placed in lane 0 of each block's eight int32 lanes.
           const __m128i sums = _mm_madd_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.a[c].bsums + 2 * b)), minus8);
@@ -216,10 +223,10 @@ struct Q4_0 {
         }
       }
       if (b < p.nb) {
-        const uint8_t* b0 = row + b * 18;
-        const __m128i raw = load128(b0 + 2);
+        const uint8_t* b0 = row + b * kBytes;
+        const __m128i raw = load128(b0 + kQs);
         const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
-        const float d0 = half(b0);
+        const float d0 = half(b0 + kD);
         for (int c = 0; c < C; ++c) {
           int32_t pair;  // the block's two sums of 16; reading four would run past the last block
           std::memcpy(&pair, p.a[c].bsums + 2 * b, 4);
@@ -286,15 +293,15 @@ void quantize_activation(const void* x, DType xt, int64_t k, int act_block, uint
   }
 }
 
-GemvFn gemv_kernel(QuantType t) {
-  switch (t) {
-    case QuantType::q4_0: return gemv<Q4_0>;
-    case QuantType::q8_0: return gemv<Q8_0>;
-    case QuantType::q4_k: return gemv<K4<false>>;
-    case QuantType::q5_k: return gemv<K4<true>>;
-    case QuantType::q6_k: return gemv<Q6K>;
-  }
-  return nullptr;
+GemvColumn gemv_kernels() {
+  static const GemvKernel kernels[] = {
+      {QuantType::q4_0, gemv<Q4_0>},
+      {QuantType::q8_0, gemv<Q8_0>},
+      {QuantType::q4_k, gemv<K4<BlockQ4_K, false>>},
+      {QuantType::q5_k, gemv<K4<BlockQ5_K, true>>},
+      {QuantType::q6_k, gemv<Q6K>},
+  };
+  return {kernels, static_cast<int>(sizeof(kernels) / sizeof(kernels[0]))};
 }
 
 }  // namespace helexa::quant::avx512

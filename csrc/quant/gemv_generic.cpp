@@ -1,6 +1,7 @@
 // Portable integer dot products of ggml blocks with int8 activations: the reference for the SIMD
 // variants (same integer sums, so every ISA agrees up to float summation order).
 #include <cmath>
+#include <cstddef>
 
 #include "quant/kernels.h"
 
@@ -34,15 +35,15 @@ float dot_q8_0(const uint8_t* row, int64_t nb, const ActView& a) {
 }
 
 // Q4_K / Q5_K: d * sum_j sc_j * (q . x)_j - dmin * sum_j m_j * (sum of x over sub-block j).
-float dot_k4(const uint8_t* row, int64_t nb, const ActView& a, bool five_bit) {
+template <class Block, bool kFive>
+float dot_k4(const uint8_t* row, int64_t nb, const ActView& a) {
   float acc = 0.0f;
-  const int64_t bytes = five_bit ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = row + b * bytes;
-    const uint8_t* qh = five_bit ? blk + offsetof(BlockQ5_K, qh) : nullptr;
-    const uint8_t* qs = blk + (five_bit ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs));
+    const uint8_t* blk = row + b * sizeof(Block);
+    const uint8_t* qh = kFive ? blk + offsetof(BlockQ5_K, qh) : nullptr;
+    const uint8_t* qs = blk + offsetof(Block, qs);
     uint8_t sc[8], mn[8];
-    unpack_k4_scales(blk + offsetof(BlockQ4_K, scales), sc, mn);
+    unpack_k4_scales(blk + offsetof(Block, scales), sc, mn);
     const int8_t* x = a.qs + b * kQK;
     const int16_t* bs = a.bsums + b * 16;
     int sum = 0, summ = 0;
@@ -50,7 +51,7 @@ float dot_k4(const uint8_t* row, int64_t nb, const ActView& a, bool five_bit) {
       int lo_sum = 0, hi_sum = 0;
       for (int l = 0; l < 32; ++l) {
         int lo = qs[32 * g + l] & 0xF, hi = qs[32 * g + l] >> 4;
-        if (five_bit) {
+        if (kFive) {
           lo |= ((qh[l] >> (2 * g)) & 1) << 4;
           hi |= ((qh[l] >> (2 * g + 1)) & 1) << 4;
         }
@@ -60,7 +61,8 @@ float dot_k4(const uint8_t* row, int64_t nb, const ActView& a, bool five_bit) {
       sum += sc[2 * g] * lo_sum + sc[2 * g + 1] * hi_sum;
     }
     for (int j = 0; j < 8; ++j) summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-    acc += a.d[b] * (load_half(blk) * static_cast<float>(sum) - load_half(blk + 2) * static_cast<float>(summ));
+    acc += a.d[b] * (load_half(blk + offsetof(Block, d)) * static_cast<float>(sum) -
+                     load_half(blk + offsetof(Block, dmin)) * static_cast<float>(summ));
   }
   return acc;
 }
@@ -90,36 +92,22 @@ float dot_q6_k(const uint8_t* row, int64_t nb, const ActView& a) {
   return acc;
 }
 
-template <class Dot>
-void gemv_rows(const uint8_t* w, int64_t row_bytes, int64_t nrows, int64_t nb, const ActView* acts,
-               int ncols, float* y, int64_t ldy, Dot dot) {
+// One GEMV per dot: every row against every activation column.
+template <float (*Dot)(const uint8_t*, int64_t, const ActView&)>
+void gemv(const uint8_t* w, int64_t row_bytes, int64_t nrows, int64_t nb, const ActView* acts, int ncols,
+          float* y, int64_t ldy) {
   for (int64_t r = 0; r < nrows; ++r) {
-    for (int c = 0; c < ncols; ++c) y[c * ldy + r] = dot(w + r * row_bytes, nb, acts[c]);
+    for (int c = 0; c < ncols; ++c) y[c * ldy + r] = Dot(w + r * row_bytes, nb, acts[c]);
   }
 }
 
-void gemv_q4_0(const uint8_t* w, int64_t rb, int64_t nr, int64_t nb, const ActView* a, int nc, float* y,
-               int64_t ldy) {
-  gemv_rows(w, rb, nr, nb, a, nc, y, ldy, dot_q4_0);
-}
-void gemv_q8_0(const uint8_t* w, int64_t rb, int64_t nr, int64_t nb, const ActView* a, int nc, float* y,
-               int64_t ldy) {
-  gemv_rows(w, rb, nr, nb, a, nc, y, ldy, dot_q8_0);
-}
-void gemv_q4_k(const uint8_t* w, int64_t rb, int64_t nr, int64_t nb, const ActView* a, int nc, float* y,
-               int64_t ldy) {
-  gemv_rows(w, rb, nr, nb, a, nc, y, ldy,
-            [](const uint8_t* r, int64_t n, const ActView& v) { return dot_k4(r, n, v, false); });
-}
-void gemv_q5_k(const uint8_t* w, int64_t rb, int64_t nr, int64_t nb, const ActView* a, int nc, float* y,
-               int64_t ldy) {
-  gemv_rows(w, rb, nr, nb, a, nc, y, ldy,
-            [](const uint8_t* r, int64_t n, const ActView& v) { return dot_k4(r, n, v, true); });
-}
-void gemv_q6_k(const uint8_t* w, int64_t rb, int64_t nr, int64_t nb, const ActView* a, int nc, float* y,
-               int64_t ldy) {
-  gemv_rows(w, rb, nr, nb, a, nc, y, ldy, dot_q6_k);
-}
+const GemvKernel kKernels[] = {
+    {QuantType::q4_0, gemv<dot_q4_0>},
+    {QuantType::q8_0, gemv<dot_q8_0>},
+    {QuantType::q4_k, gemv<dot_k4<BlockQ4_K, false>>},
+    {QuantType::q5_k, gemv<dot_k4<BlockQ5_K, true>>},
+    {QuantType::q6_k, gemv<dot_q6_k>},
+};
 
 }  // namespace
 
@@ -152,15 +140,6 @@ void quantize_activation(const void* x, DType xt, int64_t k, int act_block, uint
   }
 }
 
-GemvFn gemv_kernel(QuantType t) {
-  switch (t) {
-    case QuantType::q4_0: return gemv_q4_0;
-    case QuantType::q8_0: return gemv_q8_0;
-    case QuantType::q4_k: return gemv_q4_k;
-    case QuantType::q5_k: return gemv_q5_k;
-    case QuantType::q6_k: return gemv_q6_k;
-  }
-  return nullptr;
-}
+GemvColumn gemv_kernels() { return {kKernels, static_cast<int>(sizeof(kKernels) / sizeof(kKernels[0]))}; }
 
 }  // namespace helexa::quant::generic

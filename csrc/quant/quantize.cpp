@@ -10,16 +10,17 @@
 #include "common/check.h"
 #include "common/thread_pool.h"
 #include "quant/quant.h"
+#include "quant/rows.h"
+#include "quant/traits.h"
 
 namespace helexa::quant {
-namespace {
 
 constexpr float kGroupMaxEps = 1e-15f;
 
 // Round half to even, as ggml's nearest_int (valid for |x| < 2^22).
-inline int nearest_int(float x) { return static_cast<int>(std::nearbyintf(x)); }
+static inline int nearest_int(float x) { return static_cast<int>(std::nearbyintf(x)); }
 
-void quantize_q8_0(const float* x, uint8_t* out, int64_t nblocks) {
+void quantize_row_q8_0(const float* x, uint8_t* out, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, x += 32) {
     auto* blk = reinterpret_cast<BlockQ8_0*>(out + b * sizeof(BlockQ8_0));
     float amax = 0.0f;
@@ -31,7 +32,7 @@ void quantize_q8_0(const float* x, uint8_t* out, int64_t nblocks) {
   }
 }
 
-void quantize_q4_0(const float* x, uint8_t* out, int64_t nblocks) {
+void quantize_row_q4_0(const float* x, uint8_t* out, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, x += 32) {
     auto* blk = reinterpret_cast<BlockQ4_0*>(out + b * sizeof(BlockQ4_0));
     float amax = 0.0f, signed_max = 0.0f;  // the value of largest magnitude, sign kept
@@ -54,7 +55,7 @@ void quantize_q4_0(const float* x, uint8_t* out, int64_t nblocks) {
 
 // Fits x ~ scale * L - min with L in [0, nmax] for one sub-block, minimising the weighted error
 // over a sweep of candidate scales (ggml's make_qkx2_quants). Returns scale; *neg_min = min.
-float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min,
+static float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min,
                     float rmin, float rdelta, int nstep) {
   float lo = x[0], hi = x[0];
   float sum_w = w[0], sum_x = w[0] * x[0];
@@ -116,7 +117,7 @@ float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L,
 }
 
 // Packs the eight 6-bit scales and mins of a Q4_K / Q5_K block (inverse of unpack_k4_scales).
-void pack_k4_scales(const uint8_t sc[8], const uint8_t mn[8], uint8_t packed[12]) {
+static void pack_k4_scales(const uint8_t sc[8], const uint8_t mn[8], uint8_t packed[12]) {
   for (int j = 0; j < 4; ++j) {
     packed[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
     packed[j + 4] = static_cast<uint8_t>(mn[j] | ((mn[j + 4] >> 4) << 6));
@@ -127,7 +128,7 @@ void pack_k4_scales(const uint8_t sc[8], const uint8_t mn[8], uint8_t packed[12]
 // Shared by Q4_K (nmax 15) and Q5_K (nmax 31): per 32-element sub-block scale/min fit, the
 // scales and mins quantized to 6 bits against the block maxima, then every element requantized
 // with the final scales. L receives the 256 quantized levels.
-void quantize_k4_block(const float* x, int nmax, float rmin, float rdelta, int nstep, uint16_t* d_out,
+static void quantize_k4_block(const float* x, int nmax, float rmin, float rdelta, int nstep, uint16_t* d_out,
                        uint16_t* dmin_out, uint8_t packed[12], uint8_t L[kQK]) {
   float scales[8], mins[8], weights[32];
   float max_scale = 0, max_min = 0;
@@ -162,7 +163,7 @@ void quantize_k4_block(const float* x, int nmax, float rmin, float rdelta, int n
   }
 }
 
-void quantize_q4_k(const float* x, uint8_t* out, int64_t nblocks) {
+void quantize_row_q4_k(const float* x, uint8_t* out, int64_t nblocks) {
   uint8_t L[kQK];
   for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
     BlockQ4_K blk;
@@ -176,7 +177,7 @@ void quantize_q4_k(const float* x, uint8_t* out, int64_t nblocks) {
   }
 }
 
-void quantize_q5_k(const float* x, uint8_t* out, int64_t nblocks) {
+void quantize_row_q5_k(const float* x, uint8_t* out, int64_t nblocks) {
   uint8_t L[kQK];
   for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
     BlockQ5_K blk;
@@ -195,7 +196,7 @@ void quantize_q5_k(const float* x, uint8_t* out, int64_t nblocks) {
 
 // Symmetric fit of 16 values to L in [-nmax, nmax-1] weighted by x^2, sweeping 19 candidate
 // scales around nmax/max (ggml's make_qx_quants with rmse_type 1). L receives l + nmax.
-float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
+static float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
   float amax = 0, signed_max = 0;
   for (int i = 0; i < n; ++i) {
     if (std::fabs(x[i]) > amax) {
@@ -239,7 +240,7 @@ float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
   return scale;
 }
 
-void quantize_q6_k(const float* x, uint8_t* out, int64_t nblocks) {
+void quantize_row_q6_k(const float* x, uint8_t* out, int64_t nblocks) {
   int8_t L[kQK];
   float scales[16];
   for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
@@ -281,21 +282,15 @@ void quantize_q6_k(const float* x, uint8_t* out, int64_t nblocks) {
   }
 }
 
-}  // namespace
-
 void quantize_cpu(uint8_t* out, const float* x, int64_t rows, int64_t cols, QuantType t) {
-  HELEXA_CHECK(is_known(t), "unknown quant type ", static_cast<int>(t));
-  const QuantTraits tr = traits(t);
+  const QuantTraits& tr = quant_traits(t);
+  HELEXA_CHECK(tr.quantize_row != nullptr, tr.name, ": ggml has no reference quantizer for this type");
   HELEXA_CHECK(rows >= 0 && cols >= 0, "rows and cols must be >= 0, got ", rows, " x ", cols);
   HELEXA_CHECK(cols % tr.block_elems == 0, tr.name, ": row length ", cols,
                " is not a multiple of the block size ", tr.block_elems);
   const int64_t nb = cols / tr.block_elems;
   const int64_t row_bytes = nb * tr.block_bytes;
-  auto* fn = t == QuantType::q4_0   ? quantize_q4_0
-             : t == QuantType::q8_0 ? quantize_q8_0
-             : t == QuantType::q4_k ? quantize_q4_k
-             : t == QuantType::q5_k ? quantize_q5_k
-                                    : quantize_q6_k;
+  const QuantizeRowFn fn = tr.quantize_row;
   parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) fn(x + r * cols, out + r * row_bytes, nb);
   });

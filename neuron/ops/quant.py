@@ -1,7 +1,9 @@
 """GGUF / ggml block-quantized tensors: dequantize, quantize and ``y = x @ W.T`` (qmatmul).
 
 A :class:`QuantTensor` holds the raw ggml blocks of a 2-D weight ``W[N, K]`` row after row, exactly
-the bytes a GGUF file stores for it. Types: ``q4_0``, ``q8_0``, ``q4_k``, ``q5_k``, ``q6_k``.
+the bytes a GGUF file stores for it. The types, and every size and property of each, come from the
+native trait table (``_C.quant_types()``, csrc/quant/traits.cpp): ``QUANT_TYPES`` lists them by
+name (ggml's type name in lower case, e.g. ``q4_k``), and nothing in Python lists them again.
 
 Errors: a wrong dtype (or a non-tensor) raises ``TypeError``; wrong shapes, sizes, devices, a
 non-contiguous tensor or ``K`` not a multiple of the block size raise ``ValueError``. Inputs are
@@ -23,11 +25,22 @@ import torch
 
 from neuron.ops import _lib
 
-QUANT_TYPES: tuple[str, ...] = ("q4_0", "q8_0", "q4_k", "q5_k", "q6_k")
+_TRAITS: dict[str, dict] = {row["name"]: dict(row) for row in _lib.native.quant_types()}
 
-_NATIVE_TYPE = {name: getattr(_lib.QuantType, name) for name in QUANT_TYPES}
-BLOCK_ELEMS: dict[str, int] = {name: _lib.native.block_elems(t) for name, t in _NATIVE_TYPE.items()}
-BLOCK_BYTES: dict[str, int] = {name: _lib.native.block_bytes(t) for name, t in _NATIVE_TYPE.items()}
+QUANT_TYPES: tuple[str, ...] = tuple(_TRAITS)
+GGML_TYPE_IDS: dict[str, int] = {name: row["ggml_type"] for name, row in _TRAITS.items()}
+BLOCK_ELEMS: dict[str, int] = {name: row["block_elems"] for name, row in _TRAITS.items()}
+BLOCK_BYTES: dict[str, int] = {name: row["block_bytes"] for name, row in _TRAITS.items()}
+# Elements per int8 activation scale in qmatmul (32 for the 32-element formats, 256 for K-quants).
+ACT_BLOCK: dict[str, int] = {name: row["act_block"] for name, row in _TRAITS.items()}
+# Byte offsets of the fp16 scale fields in each block; every other byte pattern is a valid block.
+SCALE_OFFSETS: dict[str, tuple[int, ...]] = {name: tuple(row["scale_offsets"]) for name, row in _TRAITS.items()}
+# Types with a reference quantizer (ggml has none for some formats): quantize() accepts only these.
+QUANTIZABLE_TYPES: tuple[str, ...] = tuple(name for name, row in _TRAITS.items() if row["can_quantize"])
+# CPU ISAs with a GEMV kernel of their own per type (qmatmul falls back to the best lesser one).
+GEMV_ISAS: dict[str, tuple[str, ...]] = {name: tuple(row["gemv_isas"]) for name, row in _TRAITS.items()}
+
+_NATIVE_TYPE = {name: row["qtype"] for name, row in _TRAITS.items()}
 
 _FLOAT_DTYPES = {
     torch.float32: _lib.DType.f32,
@@ -119,6 +132,10 @@ def quantize(tensor: torch.Tensor, qtype: str) -> QuantTensor:
     bfloat16 / float16 input is converted to float32 first (quantization is an offline step).
     """
     qtype = _check_qtype(qtype)
+    if qtype not in QUANTIZABLE_TYPES:
+        raise ValueError(
+            f"{qtype} has no reference quantizer (ggml has none): quantizable types are {', '.join(QUANTIZABLE_TYPES)}"
+        )
     x = _check_tensor(tensor, "tensor", tuple(_FLOAT_DTYPES))
     if x.ndim != 2:
         raise ValueError(f"tensor must be 2-D [N, K], got shape {tuple(x.shape)}")
@@ -163,16 +180,6 @@ def qmatmul(x: torch.Tensor, w: QuantTensor, *, out: torch.Tensor | None = None)
         out.data_ptr(), x.data_ptr(), w.data.data_ptr(), workspace.data_ptr(), m, n, k, qt, _FLOAT_DTYPES[x.dtype]
     )
     return out
-
-
-# Byte offsets of the fp16 scale fields in each block; every other byte pattern is a valid block.
-SCALE_OFFSETS: dict[str, tuple[int, ...]] = {
-    "q4_0": (0,),
-    "q8_0": (0,),
-    "q4_k": (0, 2),
-    "q5_k": (0, 2),
-    "q6_k": (208,),
-}
 
 
 def random_quant_tensor(
