@@ -1,6 +1,7 @@
 // Block -> float32 dequantization, written to match ggml's dequantize_row_* (and therefore
 // gguf.quants.dequantize) bit for bit: products are formed in the same order and never fused
 // (-ffp-contract=off for the whole module).
+#include <cstring>
 #include <vector>
 
 #include "common/check.h"
@@ -41,6 +42,108 @@ void dequantize_row_q4_0(const uint8_t* src, float* y, int64_t nblocks) {
     for (int j = 0; j < 16; ++j) {
       y[j] = d * static_cast<float>((blk->qs[j] & 0xF) - 8);
       y[j + 16] = d * static_cast<float>((blk->qs[j] >> 4) - 8);
+    }
+  }
+}
+
+void dequantize_row_q4_1(const uint8_t* src, float* y, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
+    const auto* blk = reinterpret_cast<const BlockQ4_1*>(src + b * sizeof(BlockQ4_1));
+    const float d = load_half(&blk->d), m = load_half(&blk->m);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = static_cast<float>(blk->qs[j] & 0xF) * d + m;
+      y[j + 16] = static_cast<float>(blk->qs[j] >> 4) * d + m;
+    }
+  }
+}
+
+// The 32 five-bit quants of a Q5_0 / Q5_1 block, 0..31.
+static void unpack_q5(const uint8_t qh_bytes[4], const uint8_t qs[16], int q[32]) {
+  uint32_t qh;
+  std::memcpy(&qh, qh_bytes, 4);
+  for (int j = 0; j < 16; ++j) {
+    q[j] = (qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1) << 4);
+    q[j + 16] = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1) << 4);
+  }
+}
+
+void dequantize_row_q5_0(const uint8_t* src, float* y, int64_t nblocks) {
+  int q[32];
+  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
+    const auto* blk = reinterpret_cast<const BlockQ5_0*>(src + b * sizeof(BlockQ5_0));
+    const float d = load_half(&blk->d);
+    unpack_q5(blk->qh, blk->qs, q);
+    for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(q[j] - 16) * d;
+  }
+}
+
+void dequantize_row_q5_1(const uint8_t* src, float* y, int64_t nblocks) {
+  int q[32];
+  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
+    const auto* blk = reinterpret_cast<const BlockQ5_1*>(src + b * sizeof(BlockQ5_1));
+    const float d = load_half(&blk->d), m = load_half(&blk->m);
+    unpack_q5(blk->qh, blk->qs, q);
+    for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(q[j]) * d + m;
+  }
+}
+
+void dequantize_row_iq4_nl(const uint8_t* src, float* y, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, y += 32) {
+    const auto* blk = reinterpret_cast<const BlockIQ4_NL*>(src + b * sizeof(BlockIQ4_NL));
+    const float d = load_half(&blk->d);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = d * static_cast<float>(kIq4nlValues[blk->qs[j] & 0xF]);
+      y[j + 16] = d * static_cast<float>(kIq4nlValues[blk->qs[j] >> 4]);
+    }
+  }
+}
+
+void dequantize_row_q2_k(const uint8_t* src, float* y, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b, y += kQK) {
+    const auto* blk = reinterpret_cast<const BlockQ2_K*>(src + b * sizeof(BlockQ2_K));
+    const float d = load_half(&blk->d), dmin = load_half(&blk->dmin);
+    for (int e0 = 0; e0 < kQK; e0 += 16) {  // one 16-element sub-block at a time
+      const uint8_t sc = blk->scales[e0 / 16];
+      const float dl = d * static_cast<float>(sc & 0xF), ml = dmin * static_cast<float>(sc >> 4);
+      const int h = e0 / 128, s = (e0 % 128) / 32, l0 = e0 % 32;
+      for (int l = l0; l < l0 + 16; ++l) {
+        y[e0 + l - l0] = dl * static_cast<float>((blk->qs[32 * h + l] >> (2 * s)) & 3) - ml;
+      }
+    }
+  }
+}
+
+void dequantize_row_q3_k(const uint8_t* src, float* y, int64_t nblocks) {
+  int8_t sc[16];
+  for (int64_t b = 0; b < nblocks; ++b, y += kQK) {
+    const auto* blk = reinterpret_cast<const BlockQ3_K*>(src + b * sizeof(BlockQ3_K));
+    const float d = load_half(&blk->d);
+    unpack_q3k_scales(blk->scales, sc);
+    for (int e0 = 0; e0 < kQK; e0 += 16) {
+      const float dl = d * static_cast<float>(sc[e0 / 16]);
+      const int h = e0 / 128, s = (e0 % 128) / 32, l0 = e0 % 32;
+      for (int l = l0; l < l0 + 16; ++l) {
+        const int lo = (blk->qs[32 * h + l] >> (2 * s)) & 3;
+        const int q = lo - (((blk->hmask[l] >> (4 * h + s)) & 1) ? 0 : 4);
+        y[e0 + l - l0] = dl * static_cast<float>(q);
+      }
+    }
+  }
+}
+
+void dequantize_row_iq4_xs(const uint8_t* src, float* y, int64_t nblocks) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const auto* blk = reinterpret_cast<const BlockIQ4_XS*>(src + b * sizeof(BlockIQ4_XS));
+    const float d = load_half(&blk->d);
+    uint16_t scales_h;
+    std::memcpy(&scales_h, &blk->scales_h, 2);
+    for (int j = 0; j < 8; ++j, y += 32) {
+      const float dl = d * static_cast<float>(iq4xs_scale(blk->scales_l, scales_h, j));
+      const uint8_t* qs = blk->qs + 16 * j;
+      for (int l = 0; l < 16; ++l) {
+        y[l] = dl * static_cast<float>(kIq4nlValues[qs[l] & 0xF]);
+        y[l + 16] = dl * static_cast<float>(kIq4nlValues[qs[l] >> 4]);
+      }
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstring>
 
+#include "quant/formats_x86.h"
 #include "quant/kernels.h"
 
 namespace helexa::quant::avx2 {
@@ -184,6 +185,95 @@ struct Q32 {
   }
 };
 
+// The 32-element formats of quant/formats_x86.h: one maddubs + madd per block (signed levels by
+// the sign trick), the block's offset term added to its integer sum, the min term in float.
+template <class F>
+struct Q32Kernel {
+  using Block = typename F::Block;
+  template <int C>
+  static void run(const Args& p) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = 0; r < p.nrows; ++r) {
+      const uint8_t* row = p.w + r * p.row_bytes;
+      __m256 acc[C];
+      float min_acc[C];
+      for (int c = 0; c < C; ++c) {
+        acc[c] = _mm256_setzero_ps();
+        min_acc[c] = 0.0f;
+      }
+      for (int64_t b = 0; b < p.nb; ++b) {
+        const uint8_t* blk = row + b * static_cast<int64_t>(sizeof(Block));
+        prefetch_ahead(blk, sizeof(Block));
+        const __m256i w = F::quants(blk);
+        const __m256i aw = F::kSigned ? _mm256_sign_epi8(w, w) : w;
+        const float d = half(blk + offsetof(Block, d));
+        for (int c = 0; c < C; ++c) {
+          const __m256i x = load256(p.a[c].qs + b * 32);
+          __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, F::kSigned ? _mm256_sign_epi8(x, w) : x), ones);
+          const int xsum = p.a[c].bsums[2 * b] + p.a[c].bsums[2 * b + 1];
+          if (F::kOffset != 0) sum = _mm256_add_epi32(sum, _mm256_zextsi128_si256(_mm_cvtsi32_si128(F::kOffset * xsum)));
+          const float dx = p.a[c].d[b];
+          acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * dx), acc[c]);
+          if constexpr (F::kMin) min_acc[c] += dx * half(blk + offsetof(Block, m)) * static_cast<float>(xsum);
+        }
+      }
+      for (int c = 0; c < C; ++c) p.y[c * p.ldy + r] = hsum(acc[c]) + min_acc[c];
+    }
+  }
+};
+
+// The super-block formats of quant/formats_x86.h (a scale, and maybe a min, per 16 elements):
+// maddubs per 32 elements, madd against the two sub-block scales, one int32 sum per super-block
+// with the offset term (kOffset * sum_j sc_j * sum of x_j) folded in; the min term from the
+// activation sums per 16.
+template <class F>
+struct SuperKernel {
+  using Block = typename F::Block;
+  template <int C>
+  static void run(const Args& p) {
+    for (int64_t r = 0; r < p.nrows; ++r) {
+      const uint8_t* row = p.w + r * p.row_bytes;
+      __m256 acc[C];
+      for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+      for (int64_t b = 0; b < p.nb; ++b) {
+        const uint8_t* blk = row + b * static_cast<int64_t>(sizeof(Block));
+        prefetch_ahead(blk, sizeof(Block));
+        __m256i q[8];
+        alignas(32) int16_t sc[16];
+        alignas(32) int16_t mn[16];
+        F::quants(blk, q);
+        F::scales(blk, sc, mn);
+        __m256i isum[C];
+        for (int c = 0; c < C; ++c) isum[c] = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+          const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+          const __m256i aq = F::kSigned ? _mm256_sign_epi8(q[k], q[k]) : q[k];
+          for (int c = 0; c < C; ++c) {
+            __m256i x = load256(p.a[c].qs + b * kQK + 32 * k);
+            if (F::kSigned) x = _mm256_sign_epi8(x, q[k]);
+            isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), s));
+          }
+        }
+        const float d = F::d(blk), dmin = F::dmin(blk);
+        for (int c = 0; c < C; ++c) {
+          const __m256i bs = load256(p.a[c].bsums + b * 16);
+          if (F::kOffset != 0) {
+            const __m256i offs = _mm256_madd_epi16(bs, load256(sc));
+            isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(offs, _mm256_set1_epi32(F::kOffset)));
+          }
+          const float dx = p.a[c].d[b];
+          acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * dx), acc[c]);
+          if (F::kMin) {
+            const __m256i mins = _mm256_madd_epi16(bs, load256(mn));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(-dmin * dx), acc[c]);
+          }
+        }
+      }
+      for (int c = 0; c < C; ++c) p.y[c * p.ldy + r] = hsum(acc[c]);
+    }
+  }
+};
+
 template <class K>
 void gemv(const uint8_t* w, int64_t row_bytes, int64_t nrows, int64_t nb, const ActView* a, int ncols, float* y,
           int64_t ldy) {
@@ -259,6 +349,13 @@ GemvColumn gemv_kernels() {
       {QuantType::q4_k, gemv<K4<BlockQ4_K, false>>},
       {QuantType::q5_k, gemv<K4<BlockQ5_K, true>>},
       {QuantType::q6_k, gemv<Q6K>},
+      {QuantType::q4_1, gemv<Q32Kernel<FmtQ4_1>>},
+      {QuantType::q5_0, gemv<Q32Kernel<FmtQ5_0>>},
+      {QuantType::q5_1, gemv<Q32Kernel<FmtQ5_1>>},
+      {QuantType::iq4_nl, gemv<Q32Kernel<FmtIQ4_NL>>},
+      {QuantType::q2_k, gemv<SuperKernel<FmtQ2_K>>},
+      {QuantType::q3_k, gemv<SuperKernel<FmtQ3_K>>},
+      {QuantType::iq4_xs, gemv<SuperKernel<FmtIQ4_XS>>},
   };
   return {kernels, static_cast<int>(sizeof(kernels) / sizeof(kernels[0]))};
 }

@@ -17,14 +17,28 @@ static_assert(static_cast<int>(Isa::avx512_vnni) + 1 == kIsaColumns, "one GEMV c
 const QuantTraits kRows[] = {
     {QuantType::q4_0, "q4_0", 32, sizeof(BlockQ4_0), 32, 1, {offsetof(BlockQ4_0, d)},
      dequantize_row_q4_0, quantize_row_q4_0, {}},
+    {QuantType::q4_1, "q4_1", 32, sizeof(BlockQ4_1), 32, 2, {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m)},
+     dequantize_row_q4_1, quantize_row_q4_1, {}},
+    {QuantType::q5_0, "q5_0", 32, sizeof(BlockQ5_0), 32, 1, {offsetof(BlockQ5_0, d)},
+     dequantize_row_q5_0, quantize_row_q5_0, {}},
+    {QuantType::q5_1, "q5_1", 32, sizeof(BlockQ5_1), 32, 2, {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m)},
+     dequantize_row_q5_1, quantize_row_q5_1, {}},
     {QuantType::q8_0, "q8_0", 32, sizeof(BlockQ8_0), 32, 1, {offsetof(BlockQ8_0, d)},
      dequantize_row_q8_0, quantize_row_q8_0, {}},
+    {QuantType::q2_k, "q2_k", kQK, sizeof(BlockQ2_K), kQK, 2, {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)},
+     dequantize_row_q2_k, quantize_row_q2_k, {}},
+    {QuantType::q3_k, "q3_k", kQK, sizeof(BlockQ3_K), kQK, 1, {offsetof(BlockQ3_K, d)},
+     dequantize_row_q3_k, quantize_row_q3_k, {}},
     {QuantType::q4_k, "q4_k", kQK, sizeof(BlockQ4_K), kQK, 2,
      {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)}, dequantize_row_q4_k, quantize_row_q4_k, {}},
     {QuantType::q5_k, "q5_k", kQK, sizeof(BlockQ5_K), kQK, 2,
      {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)}, dequantize_row_q5_k, quantize_row_q5_k, {}},
     {QuantType::q6_k, "q6_k", kQK, sizeof(BlockQ6_K), kQK, 1, {offsetof(BlockQ6_K, d)},
      dequantize_row_q6_k, quantize_row_q6_k, {}},
+    {QuantType::iq4_nl, "iq4_nl", 32, sizeof(BlockIQ4_NL), 32, 1, {offsetof(BlockIQ4_NL, d)},
+     dequantize_row_iq4_nl, quantize_row_iq4_nl, {}},
+    {QuantType::iq4_xs, "iq4_xs", kQK, sizeof(BlockIQ4_XS), kQK, 1, {offsetof(BlockIQ4_XS, d)},
+     dequantize_row_iq4_xs, quantize_row_iq4_xs, {}},
 };
 constexpr int kCount = static_cast<int>(sizeof(kRows) / sizeof(kRows[0]));
 
