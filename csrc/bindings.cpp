@@ -13,6 +13,7 @@
 #include "common/thread_pool.h"
 #include "dense/dense.h"
 #include "quant/quant.h"
+#include "quant/traits.h"
 
 #ifndef HELEXA_VERSION
 #define HELEXA_VERSION "0+unknown"
@@ -59,6 +60,32 @@ bool has_cuda() {
 #endif
 }
 
+// The trait table as Python sees it: one dict per type, in table order (quant/traits.h).
+py::list quant_types() {
+  py::list out;
+  for (int i = 0; i < helexa::quant::quant_type_count(); ++i) {
+    const helexa::quant::QuantTraits& t = helexa::quant::quant_traits_at(i);
+    py::dict row;
+    row["name"] = t.name;
+    row["qtype"] = t.type;
+    row["ggml_type"] = static_cast<int>(t.type);
+    row["block_elems"] = t.block_elems;
+    row["block_bytes"] = t.block_bytes;
+    row["act_block"] = t.act_block;
+    row["can_quantize"] = t.quantize_row != nullptr;
+    py::list offsets;
+    for (int j = 0; j < t.scale_fields; ++j) offsets.append(t.scale_offsets[j]);
+    row["scale_offsets"] = py::tuple(offsets);
+    py::list isas;
+    for (int j = 0; j < helexa::quant::kIsaColumns; ++j) {
+      if (t.gemv[j] != nullptr) isas.append(helexa::isa_name(static_cast<helexa::Isa>(j)));
+    }
+    row["gemv_isas"] = py::tuple(isas);
+    out.append(row);
+  }
+  return out;
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = HELEXA_VERSION;
@@ -75,12 +102,12 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "helexa native kernels (CPU C++, CUDA when built with it)";
 
-  py::enum_<QuantType>(m, "QuantType")
-      .value("q4_0", QuantType::q4_0)
-      .value("q8_0", QuantType::q8_0)
-      .value("q4_k", QuantType::q4_k)
-      .value("q5_k", QuantType::q5_k)
-      .value("q6_k", QuantType::q6_k);
+  // One member per row of the trait table, named as the row (its value is the ggml type id).
+  py::enum_<QuantType> quant_type(m, "QuantType");
+  for (int i = 0; i < helexa::quant::quant_type_count(); ++i) {
+    const helexa::quant::QuantTraits& t = helexa::quant::quant_traits_at(i);
+    quant_type.value(t.name, t.type);
+  }
   py::enum_<DType>(m, "DType").value("f32", DType::f32).value("f16", DType::f16).value("bf16", DType::bf16);
 
   m.def("has_cuda", &has_cuda, "True when CUDA kernels were compiled into this module");
@@ -97,8 +124,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("pool_spin_us", &helexa::spin_us, "How long idle pool threads spin before sleeping (microseconds)");
   m.def("set_pool_spin_us", &helexa::set_spin_us, py::arg("us"));
 
-  m.def("block_elems", [](QuantType t) { return helexa::quant::traits(t).block_elems; }, py::arg("qtype"));
-  m.def("block_bytes", [](QuantType t) { return helexa::quant::traits(t).block_bytes; }, py::arg("qtype"));
+  m.def("quant_types", &quant_types,
+        "The quant trait table: name, qtype, ggml_type, block_elems, block_bytes, act_block, can_quantize, "
+        "scale_offsets (fp16 fields), gemv_isas");
+  m.def("block_elems", [](QuantType t) { return helexa::quant::quant_traits(t).block_elems; }, py::arg("qtype"));
+  m.def("block_bytes", [](QuantType t) { return helexa::quant::quant_traits(t).block_bytes; }, py::arg("qtype"));
 
   m.def(
       "dequantize_cpu",

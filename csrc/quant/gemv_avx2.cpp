@@ -4,8 +4,10 @@
 // This file uses no standard-library templates: see the note in quant/blocks.h.
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
 
+#include "quant/formats_x86.h"
 #include "quant/kernels.h"
 
 namespace helexa::quant::avx2 {
@@ -42,12 +44,12 @@ struct Args {
   int64_t ldy;
 };
 
-template <bool kFive>
+template <class Block, bool kFive>
 struct K4 {
   template <int C>
   static void run(const Args& p) {
-    constexpr int kQs = kFive ? 48 : 16;
-    constexpr int64_t kBytes = kFive ? 176 : 144;
+    constexpr int64_t kQs = offsetof(Block, qs);
+    constexpr int64_t kBytes = sizeof(Block);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i one = _mm256_set1_epi8(1);
     for (int64_t r = 0; r < p.nrows; ++r) {
@@ -57,12 +59,12 @@ struct K4 {
       for (int64_t b = 0; b < p.nb; ++b) {
         const uint8_t* blk = row + b * kBytes;
         prefetch_ahead(blk, kBytes);
-        const float d = half(blk), dmin = half(blk + 2);
+        const float d = half(blk + offsetof(Block, d)), dmin = half(blk + offsetof(Block, dmin));
         uint8_t sc[8], mn[8];
-        unpack_k4_scales(blk + 4, sc, mn);
+        unpack_k4_scales(blk + offsetof(Block, scales), sc, mn);
         const __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)));
         const __m256i mdup = _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
-        __m256i qh = kFive ? load256(blk + 16) : _mm256_setzero_si256();
+        __m256i qh = kFive ? load256(blk + offsetof(BlockQ5_K, qh)) : _mm256_setzero_si256();
         __m256i isum[C];
         for (int c = 0; c < C; ++c) isum[c] = _mm256_setzero_si256();
         for (int g = 0; g < 4; ++g) {
@@ -109,15 +111,15 @@ struct Q6K {
       __m256 acc[C];
       for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
       for (int64_t b = 0; b < p.nb; ++b) {
-        const uint8_t* blk = row + b * 210;
-        prefetch_ahead(blk, 210);
-        const float d = half(blk + 208);
-        const __m128i sc8 = load128(blk + 192);
+        const uint8_t* blk = row + b * sizeof(BlockQ6_K);
+        prefetch_ahead(blk, sizeof(BlockQ6_K));
+        const float d = half(blk + offsetof(BlockQ6_K, d));
+        const __m128i sc8 = load128(blk + offsetof(BlockQ6_K, scales));
         __m256i isum[C];
         for (int c = 0; c < C; ++c) isum[c] = _mm256_setzero_si256();
         for (int h = 0; h < 2; ++h) {
-          const __m256i l0 = load256(blk + 64 * h), l1 = load256(blk + 64 * h + 32);
-          const __m256i hb = load256(blk + 128 + 32 * h);
+          const __m256i l0 = load256(blk + offsetof(BlockQ6_K, ql) + 64 * h), l1 = load256(blk + offsetof(BlockQ6_K, ql) + 64 * h + 32);
+          const __m256i hb = load256(blk + offsetof(BlockQ6_K, qh) + 32 * h);
           __m256i q[4];
           q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, three), 4));
           q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
@@ -148,11 +150,11 @@ struct Q6K {
 };
 
 // Q8_0 and Q4_0 share the signed 32-element block dot; they differ in how the weights unpack.
-template <bool kNibbles>
+template <class Block, bool kNibbles>
 struct Q32 {
   template <int C>
   static void run(const Args& p) {
-    constexpr int64_t kBytes = kNibbles ? 18 : 34;
+    constexpr int64_t kBytes = sizeof(Block);
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i eight = _mm256_set1_epi8(8);
@@ -162,20 +164,109 @@ struct Q32 {
       for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
       for (int64_t b = 0; b < p.nb; ++b) {
         const uint8_t* blk = row + b * kBytes;
-        if (kNibbles ? (b & 1) == 0 : true) prefetch_ahead(blk, kNibbles ? 36 : kBytes);
+        if (kNibbles ? (b & 1) == 0 : true) prefetch_ahead(blk, kNibbles ? 2 * kBytes : kBytes);
         __m256i w;
         if (kNibbles) {
-          const __m128i raw = load128(blk + 2);
+          const __m128i raw = load128(blk + offsetof(Block, qs));
           w = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4), eight);
         } else {
-          w = load256(blk + 2);
+          w = load256(blk + offsetof(Block, qs));
         }
         const __m256i aw = _mm256_sign_epi8(w, w);
-        const float dw = half(blk);
+        const float dw = half(blk + offsetof(Block, d));
         for (int c = 0; c < C; ++c) {
           const __m256i xs = _mm256_sign_epi8(load256(p.a[c].qs + b * 32), w);
           const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones);
           acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(dw * p.a[c].d[b]), acc[c]);
+        }
+      }
+      for (int c = 0; c < C; ++c) p.y[c * p.ldy + r] = hsum(acc[c]);
+    }
+  }
+};
+
+// The 32-element formats of quant/formats_x86.h: one maddubs + madd per block (signed levels by
+// the sign trick), the block's offset term added to its integer sum, the min term in float.
+template <class F>
+struct Q32Kernel {
+  using Block = typename F::Block;
+  template <int C>
+  static void run(const Args& p) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = 0; r < p.nrows; ++r) {
+      const uint8_t* row = p.w + r * p.row_bytes;
+      __m256 acc[C];
+      float min_acc[C];
+      for (int c = 0; c < C; ++c) {
+        acc[c] = _mm256_setzero_ps();
+        min_acc[c] = 0.0f;
+      }
+      for (int64_t b = 0; b < p.nb; ++b) {
+        const uint8_t* blk = row + b * static_cast<int64_t>(sizeof(Block));
+        prefetch_ahead(blk, sizeof(Block));
+        const __m256i w = F::quants(blk);
+        const __m256i aw = F::kSigned ? _mm256_sign_epi8(w, w) : w;
+        const float d = half(blk + offsetof(Block, d));
+        for (int c = 0; c < C; ++c) {
+          const __m256i x = load256(p.a[c].qs + b * 32);
+          __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, F::kSigned ? _mm256_sign_epi8(x, w) : x), ones);
+          const int xsum = p.a[c].bsums[2 * b] + p.a[c].bsums[2 * b + 1];
+          if (F::kOffset != 0) sum = _mm256_add_epi32(sum, _mm256_zextsi128_si256(_mm_cvtsi32_si128(F::kOffset * xsum)));
+          const float dx = p.a[c].d[b];
+          acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * dx), acc[c]);
+          if constexpr (F::kMin) min_acc[c] += dx * half(blk + offsetof(Block, m)) * static_cast<float>(xsum);
+        }
+      }
+      for (int c = 0; c < C; ++c) p.y[c * p.ldy + r] = hsum(acc[c]) + min_acc[c];
+    }
+  }
+};
+
+// The super-block formats of quant/formats_x86.h (a scale, and maybe a min, per 16 elements):
+// maddubs per 32 elements, madd against the two sub-block scales, one int32 sum per super-block
+// with the offset term (kOffset * sum_j sc_j * sum of x_j) folded in; the min term from the
+// activation sums per 16.
+template <class F>
+struct SuperKernel {
+  using Block = typename F::Block;
+  template <int C>
+  static void run(const Args& p) {
+    for (int64_t r = 0; r < p.nrows; ++r) {
+      const uint8_t* row = p.w + r * p.row_bytes;
+      __m256 acc[C];
+      for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+      for (int64_t b = 0; b < p.nb; ++b) {
+        const uint8_t* blk = row + b * static_cast<int64_t>(sizeof(Block));
+        prefetch_ahead(blk, sizeof(Block));
+        __m256i q[8];
+        alignas(32) int16_t sc[16];
+        alignas(32) int16_t mn[16];
+        F::quants(blk, q);
+        F::scales(blk, sc, mn);
+        __m256i isum[C];
+        for (int c = 0; c < C; ++c) isum[c] = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+          const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+          const __m256i aq = F::kSigned ? _mm256_sign_epi8(q[k], q[k]) : q[k];
+          for (int c = 0; c < C; ++c) {
+            __m256i x = load256(p.a[c].qs + b * kQK + 32 * k);
+            if (F::kSigned) x = _mm256_sign_epi8(x, q[k]);
+            isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), s));
+          }
+        }
+        const float d = F::d(blk), dmin = F::dmin(blk);
+        for (int c = 0; c < C; ++c) {
+          const __m256i bs = load256(p.a[c].bsums + b * 16);
+          if (F::kOffset != 0) {
+            const __m256i offs = _mm256_madd_epi16(bs, load256(sc));
+            isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(offs, _mm256_set1_epi32(F::kOffset)));
+          }
+          const float dx = p.a[c].d[b];
+          acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(d * dx), acc[c]);
+          if (F::kMin) {
+            const __m256i mins = _mm256_madd_epi16(bs, load256(mn));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(-dmin * dx), acc[c]);
+          }
         }
       }
       for (int c = 0; c < C; ++c) p.y[c * p.ldy + r] = hsum(acc[c]);
@@ -251,15 +342,22 @@ void quantize_activation(const void* x, DType xt, int64_t k, int act_block, uint
   }
 }
 
-GemvFn gemv_kernel(QuantType t) {
-  switch (t) {
-    case QuantType::q4_0: return gemv<Q32<true>>;
-    case QuantType::q8_0: return gemv<Q32<false>>;
-    case QuantType::q4_k: return gemv<K4<false>>;
-    case QuantType::q5_k: return gemv<K4<true>>;
-    case QuantType::q6_k: return gemv<Q6K>;
-  }
-  return nullptr;
+GemvColumn gemv_kernels() {
+  static const GemvKernel kernels[] = {
+      {QuantType::q4_0, gemv<Q32<BlockQ4_0, true>>},
+      {QuantType::q8_0, gemv<Q32<BlockQ8_0, false>>},
+      {QuantType::q4_k, gemv<K4<BlockQ4_K, false>>},
+      {QuantType::q5_k, gemv<K4<BlockQ5_K, true>>},
+      {QuantType::q6_k, gemv<Q6K>},
+      {QuantType::q4_1, gemv<Q32Kernel<FmtQ4_1>>},
+      {QuantType::q5_0, gemv<Q32Kernel<FmtQ5_0>>},
+      {QuantType::q5_1, gemv<Q32Kernel<FmtQ5_1>>},
+      {QuantType::iq4_nl, gemv<Q32Kernel<FmtIQ4_NL>>},
+      {QuantType::q2_k, gemv<SuperKernel<FmtQ2_K>>},
+      {QuantType::q3_k, gemv<SuperKernel<FmtQ3_K>>},
+      {QuantType::iq4_xs, gemv<SuperKernel<FmtIQ4_XS>>},
+  };
+  return {kernels, static_cast<int>(sizeof(kernels) / sizeof(kernels[0]))};
 }
 
 }  // namespace helexa::quant::avx2

@@ -1,5 +1,6 @@
-// The per-ISA kernel table of the quant family. Every ISA namespace implements the same
-// signatures; matmul.cpp picks one table at run time (common/cpu_isa.h).
+// The per-ISA kernels of the quant family. Every ISA namespace implements the same signatures;
+// its GEMV kernels form that ISA's column of the trait table (quant/traits.h), and matmul.cpp
+// picks the column of the ISA in use at run time (common/cpu_isa.h).
 //
 // Activations are quantized once per call to int8 with one float scale per `act_block` elements
 // (32 for Q4_0/Q8_0, 256 for K-quants) plus int16 sums per 16 elements, which the affine formats
@@ -46,16 +47,27 @@ using ActQuantFn = void (*)(const void* x, DType xt, int64_t k, int act_block, u
 using GemvFn = void (*)(const uint8_t* w, int64_t row_bytes, int64_t nrows, int64_t nblocks,
                         const ActView* acts, int ncols, float* y, int64_t ldy);
 
+// One ISA's column of the trait table: the types it has a GEMV kernel for. Each ISA translation
+// unit defines gemv_kernels() for its own namespace; quant/traits.cpp reads them once.
+struct GemvKernel {
+  QuantType type;
+  GemvFn gemv;
+};
+struct GemvColumn {
+  const GemvKernel* kernels;
+  int count;
+};
+
 namespace generic {
-GemvFn gemv_kernel(QuantType t);
+GemvColumn gemv_kernels();
 void quantize_activation(const void* x, DType xt, int64_t k, int act_block, uint8_t* column);
 }
 namespace avx2 {
-GemvFn gemv_kernel(QuantType t);
+GemvColumn gemv_kernels();
 void quantize_activation(const void* x, DType xt, int64_t k, int act_block, uint8_t* column);
 }
 namespace avx512 {
-GemvFn gemv_kernel(QuantType t);
+GemvColumn gemv_kernels();
 void quantize_activation(const void* x, DType xt, int64_t k, int act_block, uint8_t* column);
 }
 

@@ -11,6 +11,7 @@
 #include "common/thread_pool.h"
 #include "quant/kernels.h"
 #include "quant/quant.h"
+#include "quant/traits.h"
 
 namespace helexa::quant {
 namespace {
@@ -22,40 +23,48 @@ struct Kernels {
   ActQuantFn quantize;
 };
 
-Kernels select_kernels(QuantType t) {
-  switch (active_isa()) {
+ActQuantFn activation_quantizer(Isa isa) {
+  switch (isa) {
 #if defined(HELEXA_X86)
-    case Isa::avx512_vnni: return {avx512::gemv_kernel(t), avx512::quantize_activation};
-    case Isa::avx2: return {avx2::gemv_kernel(t), avx2::quantize_activation};
+    case Isa::avx512_vnni: return avx512::quantize_activation;
+    case Isa::avx2: return avx2::quantize_activation;
 #endif
-    default: return {generic::gemv_kernel(t), generic::quantize_activation};
+    default: return generic::quantize_activation;
   }
 }
 
-void check_shapes(int64_t m, int64_t n, int64_t k, QuantType t) {
-  HELEXA_CHECK(is_known(t), "unknown quant type ", static_cast<int>(t));
+// The GEMV of the ISA in use, or of the best lesser ISA that has one for this type (the generic
+// column is complete: tests/unit/neuron/ops/test_quant.py holds every column to it).
+Kernels select_kernels(const QuantTraits& tr) {
+  for (int i = static_cast<int>(active_isa()); i >= 0; --i) {
+    if (tr.gemv[i] != nullptr) return {tr.gemv[i], activation_quantizer(static_cast<Isa>(i))};
+  }
+  HELEXA_CHECK(false, tr.name, ": no GEMV kernel was built for this type");
+  return {nullptr, nullptr};
+}
+
+const QuantTraits& check_shapes(int64_t m, int64_t n, int64_t k, QuantType t) {
+  const QuantTraits& tr = quant_traits(t);
   HELEXA_CHECK(m >= 0 && n >= 0 && k >= 0, "sizes must be >= 0, got m=", m, " n=", n, " k=", k);
-  const QuantTraits tr = traits(t);
   HELEXA_CHECK(k % tr.block_elems == 0, tr.name, ": K = ", k, " is not a multiple of the block size ",
                tr.block_elems);
+  return tr;
 }
 
 }  // namespace
 
 int64_t qmatmul_workspace_bytes(int64_t m, int64_t k, QuantType t) {
-  check_shapes(m, 0, k, t);
-  return m * act_column_bytes(k, traits(t).act_block);
+  return m * act_column_bytes(k, check_shapes(m, 0, k, t).act_block);
 }
 
 void qmatmul_cpu(void* y, const void* x, const uint8_t* w, uint8_t* workspace, int64_t m, int64_t n,
                  int64_t k, QuantType t, DType xt) {
-  check_shapes(m, n, k, t);
+  const QuantTraits& tr = check_shapes(m, n, k, t);
   HELEXA_CHECK(reinterpret_cast<uintptr_t>(workspace) % 64 == 0, "workspace must be 64-byte aligned");
   if (m == 0 || n == 0) return;
-  const QuantTraits tr = traits(t);
   const int64_t col_bytes = act_column_bytes(k, tr.act_block);
   const int esize = dtype_size(xt);
-  const Kernels kernels = select_kernels(t);
+  const Kernels kernels = select_kernels(tr);
   const GemvFn gemv = kernels.gemv;
 
   parallel_for(m, 1, [&](int64_t c0, int64_t c1) {

@@ -1,17 +1,22 @@
 """GGUF / ggml block-quantized tensors: dequantize, quantize and ``y = x @ W.T`` (qmatmul).
 
 A :class:`QuantTensor` holds the raw ggml blocks of a 2-D weight ``W[N, K]`` row after row, exactly
-the bytes a GGUF file stores for it. Types: ``q4_0``, ``q8_0``, ``q4_k``, ``q5_k``, ``q6_k``.
+the bytes a GGUF file stores for it. The types, and every size and property of each, come from the
+native trait table (``_C.quant_types()``, csrc/quant/traits.cpp): ``QUANT_TYPES`` lists them by
+name (ggml's type name in lower case, e.g. ``q4_k``), and nothing in Python lists them again.
 
 Errors: a wrong dtype (or a non-tensor) raises ``TypeError``; wrong shapes, sizes, devices, a
 non-contiguous tensor or ``K`` not a multiple of the block size raise ``ValueError``. Inputs are
 never silently copied to make them contiguous.
 
 Numerics: ``dequantize`` is bit-exact with ggml (and ``gguf.quants.dequantize``). ``quantize``
-follows ggml's reference quantizers (Q8_0 and Q4_0 byte-identical to ``gguf.quants.quantize``).
-``qmatmul`` quantizes activations to int8 (one scale per 32 elements for Q4_0/Q8_0, per 256 for
-the K-quants, as ggml does) and accumulates exact integer block sums in float32: relative RMS
-error against float64 ``dequantize(W) @ x`` is below 1.5e-2 (about 0.5-1% on Gaussian data).
+follows ggml's reference quantizers (``quantize_row_*_ref``; byte-identical to
+``gguf.quants.quantize`` for the types gguf can quantize); types without a reference quantizer
+(``QUANTIZABLE_TYPES`` says which) are refused. ``qmatmul`` quantizes activations to int8 (one
+scale per ``ACT_BLOCK[qtype]`` elements: 32 for the 32-element formats, 256 for the K-quants and
+IQ4_XS, as ggml does) and accumulates exact integer block sums in float32: relative RMS error
+against float64 ``dequantize(W) @ x`` is about 0.5% on Gaussian data (up to 2.5% for one-block
+rows of the affine formats), and against float64 ``dequantize(W) @ int8(x)`` it is float32 rounding.
 The ``*_ref`` functions are plain float64 torch, the references the tests hold the kernels to.
 """
 
@@ -23,11 +28,22 @@ import torch
 
 from neuron.ops import _lib
 
-QUANT_TYPES: tuple[str, ...] = ("q4_0", "q8_0", "q4_k", "q5_k", "q6_k")
+_TRAITS: dict[str, dict] = {row["name"]: dict(row) for row in _lib.native.quant_types()}
 
-_NATIVE_TYPE = {name: getattr(_lib.QuantType, name) for name in QUANT_TYPES}
-BLOCK_ELEMS: dict[str, int] = {name: _lib.native.block_elems(t) for name, t in _NATIVE_TYPE.items()}
-BLOCK_BYTES: dict[str, int] = {name: _lib.native.block_bytes(t) for name, t in _NATIVE_TYPE.items()}
+QUANT_TYPES: tuple[str, ...] = tuple(_TRAITS)
+GGML_TYPE_IDS: dict[str, int] = {name: row["ggml_type"] for name, row in _TRAITS.items()}
+BLOCK_ELEMS: dict[str, int] = {name: row["block_elems"] for name, row in _TRAITS.items()}
+BLOCK_BYTES: dict[str, int] = {name: row["block_bytes"] for name, row in _TRAITS.items()}
+# Elements per int8 activation scale in qmatmul (32 for the 32-element formats, 256 for K-quants).
+ACT_BLOCK: dict[str, int] = {name: row["act_block"] for name, row in _TRAITS.items()}
+# Byte offsets of the fp16 scale fields in each block; every other byte pattern is a valid block.
+SCALE_OFFSETS: dict[str, tuple[int, ...]] = {name: tuple(row["scale_offsets"]) for name, row in _TRAITS.items()}
+# Types with a reference quantizer (ggml has none for some formats): quantize() accepts only these.
+QUANTIZABLE_TYPES: tuple[str, ...] = tuple(name for name, row in _TRAITS.items() if row["can_quantize"])
+# CPU ISAs with a GEMV kernel of their own per type (qmatmul falls back to the best lesser one).
+GEMV_ISAS: dict[str, tuple[str, ...]] = {name: tuple(row["gemv_isas"]) for name, row in _TRAITS.items()}
+
+_NATIVE_TYPE = {name: row["qtype"] for name, row in _TRAITS.items()}
 
 _FLOAT_DTYPES = {
     torch.float32: _lib.DType.f32,
@@ -119,6 +135,10 @@ def quantize(tensor: torch.Tensor, qtype: str) -> QuantTensor:
     bfloat16 / float16 input is converted to float32 first (quantization is an offline step).
     """
     qtype = _check_qtype(qtype)
+    if qtype not in QUANTIZABLE_TYPES:
+        raise ValueError(
+            f"{qtype} has no reference quantizer (ggml has none): quantizable types are {', '.join(QUANTIZABLE_TYPES)}"
+        )
     x = _check_tensor(tensor, "tensor", tuple(_FLOAT_DTYPES))
     if x.ndim != 2:
         raise ValueError(f"tensor must be 2-D [N, K], got shape {tuple(x.shape)}")
@@ -165,16 +185,6 @@ def qmatmul(x: torch.Tensor, w: QuantTensor, *, out: torch.Tensor | None = None)
     return out
 
 
-# Byte offsets of the fp16 scale fields in each block; every other byte pattern is a valid block.
-SCALE_OFFSETS: dict[str, tuple[int, ...]] = {
-    "q4_0": (0,),
-    "q8_0": (0,),
-    "q4_k": (0, 2),
-    "q5_k": (0, 2),
-    "q6_k": (208,),
-}
-
-
 def random_quant_tensor(
     qtype: str, shape: tuple[int, int], *, generator: torch.Generator | None = None, scale_std: float = 0.02
 ) -> QuantTensor:
@@ -217,16 +227,73 @@ def _nibbles_k4(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([q & 0xF, q >> 4], dim=2).reshape(-1, 8, 32)
 
 
+# The 16 non-linear levels of IQ4_NL / IQ4_XS (ggml's kvalues_iq4nl).
+_IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+
+
+def _nibbles32(qs: torch.Tensor) -> torch.Tensor:
+    """[blocks, 16] bytes -> [blocks, 32] nibbles: element j low nibble of byte j, j + 16 high."""
+    q = qs.long()
+    return torch.cat([q & 0xF, q >> 4], dim=1)
+
+
+def _bits32(qh: torch.Tensor) -> torch.Tensor:
+    """[blocks, 4] bytes -> [blocks, 32] bits of the little-endian word, bit j at column j."""
+    word = qh.long()
+    bits = torch.stack([(word >> j) & 1 for j in range(8)], dim=2)  # [blocks, byte, bit]
+    return bits.reshape(-1, 32)
+
+
+def _two_bits_k(qs: torch.Tensor) -> torch.Tensor:
+    """Q2_K / Q3_K low bits, [blocks, 64] -> [blocks, 256]: element 128h + 32s + l at bits 2s of qs[32h + l]."""
+    q = qs.long().reshape(-1, 2, 1, 32)
+    shifts = torch.tensor([0, 2, 4, 6]).reshape(1, 1, 4, 1)
+    return ((q >> shifts) & 3).reshape(-1, 256)
+
+
 def dequantize_ref(w: QuantTensor) -> torch.Tensor:
-    """float64 values of ``w`` computed with plain torch from the block bytes."""
+    """float64 values of ``w`` computed with plain torch from the block bytes (layouts: ggml-common.h)."""
     n, k = w.shape
     blocks = w.data.reshape(-1, BLOCK_BYTES[w.qtype]).cpu()
+    levels = torch.tensor(_IQ4_LEVELS, dtype=torch.float64)
     if w.qtype == "q4_0":
         q = blocks[:, 2:18].long()
         vals = torch.cat([q & 0xF, q >> 4], dim=1).double() - 8
         out = _half(blocks, 0) * vals
+    elif w.qtype == "q4_1":  # d, m, qs[16]: d * q + m
+        out = _half(blocks, 0) * _nibbles32(blocks[:, 4:20]).double() + _half(blocks, 2)
+    elif w.qtype == "q5_0":  # d, qh[4], qs[16]: d * (q - 16)
+        q = _nibbles32(blocks[:, 6:22]) | (_bits32(blocks[:, 2:6]) << 4)
+        out = _half(blocks, 0) * (q.double() - 16)
+    elif w.qtype == "q5_1":  # d, m, qh[4], qs[16]: d * q + m
+        q = _nibbles32(blocks[:, 8:24]) | (_bits32(blocks[:, 4:8]) << 4)
+        out = _half(blocks, 0) * q.double() + _half(blocks, 2)
+    elif w.qtype == "iq4_nl":  # d, qs[16]: d * level[q]
+        out = _half(blocks, 0) * levels[_nibbles32(blocks[:, 2:18])]
     elif w.qtype == "q8_0":
         out = _half(blocks, 0) * blocks[:, 2:34].contiguous().view(torch.int8).double()
+    elif w.qtype == "q2_k":  # scales[16], qs[64], d, dmin: d * sc * q - dmin * m, per 16
+        sc = blocks[:, 0:16].long()
+        q = _two_bits_k(blocks[:, 16:80]).double().reshape(-1, 16, 16)
+        d, dmin = _half(blocks, 80)[:, :, None], _half(blocks, 82)[:, :, None]
+        out = d * (sc & 0xF).double()[:, :, None] * q - dmin * (sc >> 4).double()[:, :, None]
+    elif w.qtype == "q3_k":  # hmask[32], qs[64], scales[12], d: d * (sc - 32) * (q - 4 * !high)
+        packed = blocks[:, 96:108].long()
+        j = torch.arange(16)
+        low = torch.where(j < 8, packed[:, j % 8] & 0xF, packed[:, j % 8] >> 4)
+        high = (packed[:, 8 + j % 4] >> (2 * (j // 4))) & 3
+        sc = ((low | (high << 4)) - 32).double()
+        e = torch.arange(256)
+        hbit = (blocks[:, 0:32].long()[:, e % 32] >> (e // 32)) & 1
+        q = (_two_bits_k(blocks[:, 32:96]) - 4 * (1 - hbit)).double()
+        out = _half(blocks, 108)[:, :, None] * sc[:, :, None] * q.reshape(-1, 16, 16)
+    elif w.qtype == "iq4_xs":  # d, scales_h, scales_l[4], qs[128]: d * (ls - 32) * level[q], per 32
+        j = torch.arange(8)
+        scales_h = blocks[:, 2].long() | (blocks[:, 3].long() << 8)
+        ls_low = (blocks[:, 4:8].long()[:, j // 2] >> (4 * (j % 2))) & 0xF
+        ls = (ls_low | (((scales_h[:, None] >> (2 * j)) & 3) << 4)) - 32
+        q = _nibbles32(blocks[:, 8:136].reshape(-1, 16)).reshape(-1, 8, 32)
+        out = _half(blocks, 0)[:, :, None] * ls.double()[:, :, None] * levels[q]
     elif w.qtype in ("q4_k", "q5_k"):
         sc, mn = _k4_scales(blocks[:, 4:16])
         if w.qtype == "q4_k":
@@ -236,7 +303,7 @@ def dequantize_ref(w: QuantTensor) -> torch.Tensor:
             bits = torch.stack([(qh >> j) & 1 for j in range(8)], dim=1)
             q = _nibbles_k4(blocks[:, 48:176]) | (bits << 4)
         out = _half(blocks, 0)[:, :, None] * sc[:, :, None] * q.double() - _half(blocks, 2)[:, :, None] * mn[:, :, None]
-    else:  # q6_k
+    elif w.qtype == "q6_k":
         ql, qh = blocks[:, 0:128].long(), blocks[:, 128:192].long()
         halves = []
         for h in range(2):
@@ -250,6 +317,8 @@ def dequantize_ref(w: QuantTensor) -> torch.Tensor:
         q = torch.cat(halves, dim=1).double() - 32
         scales = blocks[:, 192:208].contiguous().view(torch.int8).double().repeat_interleave(16, dim=1)
         out = _half(blocks, 208) * scales * q
+    else:
+        raise NotImplementedError(f"dequantize_ref has no float64 reference for {w.qtype} yet")
     return out.reshape(n, k)
 
 
