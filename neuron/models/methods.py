@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from neuron import ops
-from neuron.ops.quant import BLOCK_BYTES, BLOCK_ELEMS, QUANT_TYPES, QuantTensor
+from neuron.ops.quant import BLOCK_BYTES, BLOCK_ELEMS, QUANTIZABLE_TYPES, QuantTensor
 
 # Activation rows past which a quantized weight is dequantized a tile of rows at a time and
 # multiplied by torch's GEMM: bench/neuron_decode.py's prefill rows measure both sides.
@@ -148,12 +148,19 @@ class DensePlan:
 ISQ_MIXES: dict[str, str] = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
 # A type whose block does not divide a weight's columns falls back to a smaller block, as
 # llama.cpp does; a fallback this build lacks becomes q8_0, and a width q8_0 cannot take stays dense.
-FALLBACK: dict[str, str] = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0", "q2_k": "q4_0", "q3_k": "q4_0"}
+FALLBACK: dict[str, str] = {
+    "q4_k": "q5_0",
+    "q5_k": "q5_1",
+    "q6_k": "q8_0",
+    "q2_k": "q4_0",
+    "q3_k": "q4_0",
+    "iq4_xs": "iq4_nl",
+}
 
 
 def isq_types() -> tuple[str, ...]:
-    """What ``quant`` accepts on a safetensors load: every block type, then the mixes."""
-    return (*QUANT_TYPES, *ISQ_MIXES)
+    """What ``quant`` accepts on a safetensors load: every block type we can quantize to, then the mixes."""
+    return (*QUANTIZABLE_TYPES, *ISQ_MIXES)
 
 
 def _layer_of(name: str) -> int | None:
@@ -203,5 +210,5 @@ def _fitting(qtype: str, cols: int, dtype: torch.dtype) -> Method:
     if method.fits(cols):
         return method
     fallback = FALLBACK.get(qtype, "q8_0")
-    method = Quant(fallback if fallback in QUANT_TYPES else "q8_0")
+    method = Quant(fallback if fallback in QUANTIZABLE_TYPES else "q8_0")
     return method if method.fits(cols) else Dense(dtype)

@@ -101,6 +101,8 @@ def test_a_width_the_block_does_not_divide_falls_back():
     plan = IsqPlan("q6_k", torch.float32, num_layers=2, tied=False)
     assert plan.method("model.layers.0.mlp.up_proj.weight", (64, 96)) == Quant("q8_0")  # 96 = 3 x 32
     assert plan.method("model.layers.0.mlp.up_proj.weight", (64, 40)) == Dense(torch.float32)
+    assert IsqPlan("q4_k", torch.float32, 2, False).method("lm_head.weight", (64, 96)) == Quant("q5_0")
+    assert IsqPlan("iq4_xs", torch.float32, 2, False).method("lm_head.weight", (64, 96)) == Quant("iq4_nl")
     assert set(isq_types()) >= {"q8_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"}
 
 
