@@ -91,6 +91,43 @@ def _demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from neuron.loading.gguf_export import export_gguf
+    from neuron.models import ModelError
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not (src / "config.json").is_file():
+        print(f"error: {src} is not an HF model folder (no config.json)", file=sys.stderr)
+        return USAGE_ERROR
+    if dst.is_dir() or dst.suffix.lower() != ".gguf":  # a folder: the file is named after the model and type
+        dst = dst / f"{src.name}-{args.type.upper()}.gguf"
+    if dst.exists() and not args.force:
+        print(f"error: {dst} exists (use --force to overwrite)", file=sys.stderr)
+        return USAGE_ERROR
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int, tensor: str) -> None:
+        filled = 30 * done // total
+        line = f"  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {tensor}"
+        if tty:
+            print(f"\r{line:<90}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        elif done == total or done % max(1, total // 10) == 0:
+            print(line, file=sys.stderr, flush=True)
+
+    logging.getLogger("gguf").setLevel(logging.WARNING)
+    print(f"quantizing {src} to {args.type} -> {dst}", file=sys.stderr)
+    try:
+        out = export_gguf(src, dst, args.type, progress=progress)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        dst.unlink(missing_ok=True)
+        return USAGE_ERROR
+    kinds = ", ".join(f"{n} {t}" for t, n in sorted(out.types.items()))
+    print(f"wrote {out.path} ({out.bytes / 2**20:.1f} MiB of tensors: {kinds}) in {out.secs:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuron",
@@ -110,6 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir", metavar="DIR")
     demo.add_argument("--force", action="store_true", help="write into a non-empty directory")
     demo.set_defaults(run=_demo_model)
+    from neuron.loading.isq import isq_types
+
+    quant = sub.add_parser(
+        "quantize",
+        help="write an HF model folder as a GGUF file (llama.cpp loads it) with its weights quantized",
+        description="Quantizes every matrix of an HF-layout model (config.json, safetensors, tokenizer.json) as an "
+        "in-situ load with the same quant would, and writes one GGUF file with the model's metadata, tokenizer "
+        "and chat template.",
+    )
+    quant.add_argument("src", metavar="SRC", help="the HF model folder")
+    quant.add_argument("dst", metavar="DST", help="the .gguf file to write, or a folder to write it in")
+    quant.add_argument(
+        "--type",
+        "-t",
+        type=str.lower,
+        default="q4_k_m",
+        choices=isq_types(),
+        metavar="TYPE",
+        help=(f"block type or mix (default: %(default)s; one of {', '.join(isq_types())})"),
+    )
+    quant.add_argument("--force", action="store_true", help="overwrite DST")
+    quant.set_defaults(run=_quantize)
     return parser
 
 

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from cortex.protocol.errors import ApiError
 from neuron.chat.template import ChatTemplate
-from neuron.chat.text import load_tokenizer, longest_token_chars
+from neuron.chat.text import load_text_side, longest_token_chars
 from neuron.engine.admission import Admission
 from neuron.engine.engine import Engine
 from neuron.engine.executor import Throughput, UniExecutor
@@ -28,10 +28,12 @@ from neuron.engine.grammar import Grammars
 from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for
 from neuron.engine.sampling import SamplingParams
 from neuron.engine.worker import DeviceWorker
+from neuron.loading.gguf import GgufPlan, GgufSource, gguf_files
+from neuron.loading.isq import IsqPlan, isq_types
 from neuron.loading.safetensors import Checkpoint
-from neuron.loading.weights import load_weights, planned_bytes, resident_bytes
-from neuron.models import ARCHITECTURES, MODEL_TYPES, BadCheckpoint, BadQuant, Batch, UnsupportedModel
-from neuron.models.methods import DensePlan, IsqPlan, WeightPlan, isq_types
+from neuron.loading.weights import WeightSource, load_weights, planned_bytes, resident_bytes
+from neuron.models import BadCheckpoint, BadQuant, Batch, architecture_for
+from neuron.models.methods import DensePlan, WeightPlan
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +48,7 @@ def architecture_of(model_dir: Path) -> tuple[type, dict[str, Any]]:
         raise BadCheckpoint(f"config.json cannot be read: {exc}") from None
     if not isinstance(raw, dict):
         raise BadCheckpoint("config.json is not a JSON object")
-    for name in raw.get("architectures") or []:
-        if name in ARCHITECTURES:
-            return ARCHITECTURES[name], raw
-    model_type = raw.get("model_type")
-    if model_type in MODEL_TYPES:
-        return MODEL_TYPES[model_type], raw
-    supported = ", ".join(sorted(MODEL_TYPES))
-    raise UnsupportedModel(
-        f"model_type {model_type!r} (architectures {raw.get('architectures')}) is not supported: "
-        f"this neuron serves {supported}"
-    )
+    return architecture_for(raw), raw
 
 
 def _generation_defaults(model_dir: Path) -> tuple[SamplingParams, set[int]]:
@@ -75,17 +67,6 @@ def _generation_defaults(model_dir: Path) -> tuple[SamplingParams, set[int]]:
     return defaults, eos_ids
 
 
-def _special_eos(tokenizer: Tokenizer, model_dir: Path) -> set[int]:
-    ids = set()
-    cfg_path = model_dir / "tokenizer_config.json"
-    if cfg_path.is_file():
-        eos = json.loads(cfg_path.read_text()).get("eos_token")
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        if isinstance(eos, str) and tokenizer.token_to_id(eos) is not None:
-            ids.add(tokenizer.token_to_id(eos))
-    return ids
-
-
 def weight_plan(quant: str | None, cfg: Any, dtype: torch.dtype) -> WeightPlan:
     """The methods a safetensors load gives its weights: dense in ``dtype``, or quantized in
     situ to ``quant`` (a block type or a ``_m`` mix; any case). :class:`BadQuant` names the
@@ -99,18 +80,56 @@ def weight_plan(quant: str | None, cfg: Any, dtype: torch.dtype) -> WeightPlan:
     return IsqPlan(name, dtype, cfg.num_hidden_layers, cfg.tie_word_embeddings)
 
 
-def footprint_bytes(model_dir: Path, dtype: torch.dtype, quant: str | None = None) -> int:
-    """What the weights of ``model_dir`` take once loaded in ``dtype`` (quantized to ``quant``),
-    from the file headers alone: what a load needs free, and what a footprint reports."""
-    arch, raw_cfg = architecture_of(model_dir)
-    cfg = arch.config_class.from_dict(raw_cfg)
-    plan = weight_plan(quant, cfg, dtype)
-    ckpt = Checkpoint(model_dir)
+@dataclass
+class Weights:
+    """A model's weights, opened: its architecture and config, where the tensors come from, the
+    plan that gives each its method, and how the weights are held (``quant``: None = dense)."""
+
+    arch: type
+    cfg: Any
+    source: WeightSource
+    plan: WeightPlan
+    quant: str | None
+    gguf: GgufSource | None  # the GGUF file, when the model is one
+
+    @property
+    def redundant(self) -> set[str]:
+        return {"lm_head.weight"} if self.cfg.tie_word_embeddings else set()
+
+    def planned_bytes(self, dtype: torch.dtype) -> int:
+        return planned_bytes(self.source, self.plan, dtype, redundant=self.redundant)
+
+
+def open_weights(model_dir: Path, dtype: torch.dtype, quant: str | None) -> Weights:
+    """The weights of ``model_dir``: a GGUF file (``quant`` picks it) or safetensors (``quant``
+    quantizes them in situ). Headers only: no tensor is read. Close ``source`` when done."""
+    paths = gguf_files(model_dir, quant)
+    if paths is None:
+        arch, raw_cfg = architecture_of(model_dir)
+        cfg = arch.config_class.from_dict(raw_cfg)
+        plan = weight_plan(quant, cfg, dtype)
+        held = plan.quant if isinstance(plan, IsqPlan) else None
+        return Weights(arch, cfg, Checkpoint(model_dir), plan, held, None)
+    source = GgufSource(paths)
     try:
-        tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-        return planned_bytes(ckpt, plan, dtype, redundant=tied)
+        raw_cfg = source.hf_config()
+        arch = architecture_for(raw_cfg)
+        cfg = arch.config_class.from_dict(raw_cfg)
+    except Exception:
+        source.close()
+        raise
+    return Weights(arch, cfg, source, GgufPlan(source, dtype), source.file_type() or quant, source)
+
+
+def footprint_bytes(model_dir: Path, dtype: torch.dtype, quant: str | None = None) -> int:
+    """What the weights of ``model_dir`` take once loaded in ``dtype`` (``quant``: the GGUF file,
+    or the in-situ type), from the file headers alone: what a load needs free, and what a
+    footprint reports."""
+    weights = open_weights(model_dir, dtype, quant)
+    try:
+        return weights.planned_bytes(dtype)
     finally:
-        ckpt.close()
+        weights.source.close()
 
 
 @dataclass
@@ -186,13 +205,11 @@ def load_model(
     engine on the worker. Runs on the worker thread. A checkpoint it cannot use raises a
     :class:`~neuron.models.ModelError`; one that does not fit raises a 507."""
     t0 = time.perf_counter()
-    arch, raw_cfg = architecture_of(model_dir)
-    cfg = arch.config_class.from_dict(raw_cfg)
-    plan = weight_plan(quant, cfg, dtype)
-    tokenizer = load_tokenizer(model_id, model_dir)
-    ckpt = Checkpoint(model_dir)
+    opened = open_weights(model_dir, dtype, quant)
+    arch, cfg, plan = opened.arch, opened.cfg, opened.plan
     try:
-        need = planned_bytes(ckpt, plan, dtype, redundant={"lm_head.weight"} if cfg.tie_word_embeddings else set())
+        side = load_text_side(model_id, model_dir, opened.gguf)
+        need = opened.planned_bytes(dtype)
         free = free_bytes()
         if need > free:
             raise ApiError(
@@ -202,9 +219,9 @@ def load_model(
             )
         before = torch.cuda.memory_allocated(worker.device) if worker.device.type == "cuda" else 0
         net = arch(cfg, dtype=dtype, device=worker.device, plan=plan).eval()
-        load_weights(net, ckpt, redundant=net.tied_names, progress=progress, arch=arch.model_type)
+        load_weights(net, opened.source, redundant=net.tied_names, progress=progress, arch=arch.model_type)
     finally:
-        ckpt.close()
+        opened.source.close()
     on_gpu = worker.device.type == "cuda"
     weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else resident_bytes(net)
     spec = net.state_spec()
@@ -238,7 +255,8 @@ def load_model(
         wake=worker.wake,
     )
     defaults, eos_ids = _generation_defaults(model_dir)
-    eos_ids |= _special_eos(tokenizer, model_dir)
+    eos_ids |= side.eos_ids
+    tokenizer = side.tokenizer
     loaded = LoadedModel(
         model_id=model_id,
         model_dir=model_dir,
@@ -246,7 +264,7 @@ def load_model(
         dtype=dtype,
         net=net,
         tokenizer=tokenizer,
-        template=ChatTemplate.from_model_dir(model_dir),
+        template=side.template,
         defaults=defaults,
         eos_ids=eos_ids,
         context_length=min(context, pool.capacity_tokens),
@@ -257,7 +275,7 @@ def load_model(
         executor=executor,
         grammars=Grammars(tokenizer, cfg.vocab_size, eos_ids),
         longest_token_chars=longest_token_chars(tokenizer),
-        quant=plan.quant if isinstance(plan, IsqPlan) else None,
+        quant=opened.quant,
     )
     _warm_up(executor)
     worker.attach(engine)

@@ -43,10 +43,18 @@ def _within(path: Path, root: Path) -> bool:
         return False
 
 
+def _is_model_dir(path: Path) -> bool:
+    """HF files (config.json), or GGUF files (in the folder or one level down, as GGUF repos keep
+    split files per type)."""
+    if (path / "config.json").is_file():
+        return True
+    return path.is_dir() and (any(path.glob("*.gguf")) or any(path.glob("*/*.gguf")))
+
+
 def _from_roots(model_id: str, roots: list[str]) -> Path | None:
     for root in roots:
         candidate = Path(root) / model_id
-        if (candidate / "config.json").is_file():
+        if _is_model_dir(candidate):
             if not _within(candidate, Path(root)):
                 raise BadModelId(f"model {model_id!r} resolves outside its model root {root}")
             return candidate.resolve()
@@ -65,7 +73,7 @@ def _from_hf_cache(model_id: str, cache: Path) -> Path | None:
     )
     for rev in revisions:
         snap = snapshots / rev
-        if (snap / "config.json").is_file() and _within(snap, cache):
+        if _is_model_dir(snap) and _within(snap, cache):
             return snap
     return None
 

@@ -130,3 +130,19 @@ from neuron.models import qwen3  # noqa: E402 (the architectures use the contrac
 
 ARCHITECTURES = {**qwen3.ARCHITECTURES}
 MODEL_TYPES = {cls.model_type: cls for cls in ARCHITECTURES.values()}
+
+
+def architecture_for(raw: dict) -> type:
+    """The architecture class for a parsed config.json; :class:`UnsupportedModel` naming the
+    type when this neuron has none for it."""
+    for name in raw.get("architectures") or []:
+        if name in ARCHITECTURES:
+            return ARCHITECTURES[name]
+    model_type = raw.get("model_type")
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
+    supported = ", ".join(sorted(MODEL_TYPES))
+    raise UnsupportedModel(
+        f"model_type {model_type!r} (architectures {raw.get('architectures')}) is not supported: "
+        f"this neuron serves {supported}"
+    )

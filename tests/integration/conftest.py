@@ -35,6 +35,7 @@ from neuron.demo import (
     write_demo_model,
     write_model_dir,
 )
+from neuron.loading.gguf_export import export_gguf
 
 AFTER_TOOL = "<after_tool>"
 SCRIPTS = {
@@ -139,7 +140,11 @@ def model_root(tmp_path_factory) -> Path:
     write_demo_model(root / "test" / "demo2")
     tokenizer = train_tokenizer(demo_text())  # wide enough for K-quant blocks and megabytes of weights
     wide = qwen3_config((tokenizer.get_vocab_size() + 255) // 256 * 256, hidden_size=512, intermediate_size=1024)
-    write_model_dir(root / "test" / "isq", tokenizer, wide, random_weights(wide, seed=3), template=demo_template())
+    isq = write_model_dir(
+        root / "test" / "isq", tokenizer, wide, random_weights(wide, seed=3), template=demo_template()
+    )
+    for quant in ("q8_0", "q4_k_m"):  # a GGUF-only model folder, two files: quant picks one
+        export_gguf(isq, root / "test" / "gguf" / f"isq-{quant.upper()}.gguf", quant)
     ctx = write_demo_model(root / "test" / "ctx48")
     cfg = json.loads((ctx / "config.json").read_text())
     (ctx / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 48}))

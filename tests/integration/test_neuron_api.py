@@ -434,6 +434,24 @@ def test_a_load_with_quant_quantizes_in_situ_and_says_so(http, client):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "quant"
 
 
+def test_a_gguf_model_is_picked_by_quant_loaded_and_counted(http, client):
+    counted = http.post("/tokenize", json={"model": "test/gguf", "messages": USER})
+    assert counted.status_code == 200 and counted.json()["max_context"] == 4096  # from the GGUF metadata
+    small = http.get("/models/test%2Fgguf/footprint", params={"quant": "q4_k_m"}).json()
+    big = http.get("/models/test%2Fgguf/footprint", params={"quant": "Q8_0"}).json()
+    assert 0 < small["cpu_mb"] < big["cpu_mb"]
+    several = http.post("/models/load", json={"model_id": "test/gguf"})
+    assert several.status_code == 400 and several.json()["error"]["param"] == "quant"
+    assert "isq-Q4_K_M.gguf" in several.json()["error"]["message"]
+    r = http.post("/models/load", json={"model_id": "test/gguf", "quant": "q4_k_m"})
+    assert r.status_code == 200, r.text
+    listed = {m["id"]: m for m in http.get("/models").json()}["test/gguf"]
+    assert listed["quant"] == "q4_k_m" and listed["status"] == "loaded"
+    answer = client.chat.completions.create(model="test/gguf", messages=USER, max_tokens=6, temperature=0)
+    assert answer.usage.completion_tokens == 6 and answer.usage.prompt_tokens == counted.json()["count"]
+    assert http.post("/models/unload", json={"model_id": "test/gguf"}).status_code == 200
+
+
 def test_load_without_waiting_answers_202_then_loads(http):
     r = http.post("/models/load", json={"model_id": "test/extra", "wait": False})
     assert r.status_code in (200, 202) and r.json()["status"] in ("loading", "loaded")

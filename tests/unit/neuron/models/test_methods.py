@@ -15,10 +15,11 @@ from safetensors.torch import save_file
 from neuron import ops
 from neuron.demo import qwen3_config, random_weights
 from neuron.engine.stepper import SingleSequence, pool_for
+from neuron.loading.isq import IsqPlan, isq_types
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights, planned_bytes, resident_bytes
 from neuron.models.layers import Embedding, Linear
-from neuron.models.methods import QUANT_GEMM_MIN_ROWS, Dense, DensePlan, IsqPlan, Quant, isq_types
+from neuron.models.methods import QUANT_GEMM_MIN_ROWS, Dense, DensePlan, Quant
 from neuron.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from neuron.ops.quant import random_quant_tensor
 
