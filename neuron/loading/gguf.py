@@ -5,7 +5,8 @@ config, tokenizer and chat template read from the metadata.
 A model id whose folder holds ``.gguf`` files is a GGUF model; ``quant`` picks the file by its
 file-type label (``Qwen3-8B-Q4_K_M.gguf``: case-insensitive, an exact label before a substring;
 several candidates are a 400 listing them). Split files (``-00001-of-00003.gguf``) are one model.
-Architectures: ``qwen3`` (llama.cpp's names for Qwen3).
+Architectures: ``qwen3``, ``qwen2`` (Qwen2.5) and ``llama`` (Llama 3.x: q/k rows un-permuted,
+``rope_freqs`` as the RoPE frequency divisors).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ LAYER_NAMES = {
     "attn_q.weight": "self_attn.q_proj.weight",
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
     "attn_q_norm.weight": "self_attn.q_norm.weight",
     "attn_k_norm.weight": "self_attn.k_norm.weight",
@@ -42,7 +46,16 @@ LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-HF_MODEL_TYPES = {"qwen3": ("Qwen3ForCausalLM", "qwen3")}  # general.architecture -> HF names
+# general.architecture -> HF names
+HF_MODEL_TYPES = {
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "llama": ("LlamaForCausalLM", "llama"),
+}
+# llama.cpp stores Llama's q and k rows interleaved per head (its RoPE pairs neighbours; HF's
+# pairs halves): these rows are permuted on the way in and out
+PERMUTED = {"self_attn.q_proj.weight": "attention.head_count", "self_attn.k_proj.weight": "attention.head_count_kv"}
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3's frequency divisors, a tensor in GGUF
 # ggml type id -> our block type name; the float types are read as tensors
 QTYPE_OF_GGML = {ggml_id: name for name, ggml_id in GGML_TYPE_IDS.items()}
 FLOAT_TYPES = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
@@ -129,6 +142,7 @@ class GgufSource:
         self.paths = paths
         self.fields: dict[str, Any] = {}
         self.tensors: dict[str, _Tensor] = {}
+        self.rope_freqs: np.ndarray | None = None
         for path in paths:
             try:
                 reader = GGUFReader(path)
@@ -138,6 +152,9 @@ class GgufSource:
                 if not key.startswith("GGUF.") and key not in self.fields:
                     self.fields[key] = field
             for t in reader.tensors:
+                if t.name == ROPE_FREQS:
+                    self.rope_freqs = np.array(t.data, dtype=np.float32).reshape(-1)
+                    continue
                 dims = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne[0] is the row length
                 self.tensors[hf_name(t.name)] = _Tensor(t.name, int(t.tensor_type), dims, t.data)
 
@@ -168,6 +185,19 @@ class GgufSource:
         return QTYPE_OF_GGML[t.ggml_type]
 
     def read(self, name: str) -> Weight:
+        weight = self._read(name)
+        heads = self._permuted_heads(name)
+        return weight if heads is None else permute_rows(weight, heads, inverse=True)
+
+    def _permuted_heads(self, name: str) -> int | None:
+        if self.architecture != "llama":
+            return None
+        for suffix, key in PERMUTED.items():
+            if name.endswith(suffix):
+                return int(self.value(f"llama.{key}") or self.value("llama.attention.head_count"))
+        return None
+
+    def _read(self, name: str) -> Weight:
         t = self.tensors[name]
         qtype = self.qtype(name)
         if qtype is None:
@@ -221,6 +251,7 @@ class GgufSource:
             "rms_norm_eps": float(self.value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
             "rope_theta": float(self.value(f"{arch}.rope.freq_base", 10000.0)),
             "tie_word_embeddings": "lm_head.weight" not in self.tensors,
+            "rope_freq_factors": self.rope_freqs.tolist() if self.rope_freqs is not None else None,
         }
 
     def end_token_ids(self) -> set[int]:
@@ -244,6 +275,21 @@ class GgufSource:
         return str(value) if value is not None else None
 
 
+def permute_rows(weight: Weight, heads: int, *, inverse: bool = False) -> Weight:
+    """llama.cpp's q/k row order for Llama from HF's (``inverse``: back). Within each head, HF's
+    row ``j * D/2 + i`` (the two halves RoPE pairs) is llama.cpp's row ``2 * i + j``. Rows move
+    whole, so ggml blocks are moved without dequantizing."""
+    rows = weight.shape[0]
+    dim = rows // heads
+    h, j, i = torch.meshgrid(torch.arange(heads), torch.arange(2), torch.arange(dim // 2), indexing="ij")
+    ggml_of_hf = (h * dim + 2 * i + j).reshape(-1)  # for each HF row, where llama.cpp keeps it
+    order = ggml_of_hf if inverse else torch.argsort(ggml_of_hf)
+    if isinstance(weight, QuantTensor):
+        data = weight.data.view(rows, weight.row_bytes).index_select(0, order).reshape(-1)
+        return QuantTensor(data, weight.qtype, weight.shape)
+    return weight.index_select(0, order)
+
+
 @dataclass(frozen=True)
 class GgufPlan:
     """Every tensor keeps the type the file stores it in; float tensors become ``dtype``."""
@@ -258,7 +304,7 @@ class GgufPlan:
 
 # llama.cpp's pre-tokenizer names -> the split regex before byte-level BPE (None: GPT-2's own)
 PRE_TOKENIZERS: dict[str, str | None] = {
-    "gpt2": None,
+    "gpt-2": None,
     "qwen2": (
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
         r"|\s+(?!\S)|\s+"
@@ -279,7 +325,8 @@ def gguf_tokenizer(source: GgufSource):
     kind = source.value("tokenizer.ggml.model")
     if kind != "gpt2":
         raise UnsupportedModel(f"GGUF tokenizer model {kind!r} is not supported: this neuron reads byte-level BPE")
-    pre = str(source.value("tokenizer.ggml.pre", "gpt2"))
+    pre = str(source.value("tokenizer.ggml.pre", "gpt-2"))
+    pre = {"gpt2": "gpt-2", "default": "gpt-2"}.get(pre, pre)
     if pre not in PRE_TOKENIZERS:
         known = ", ".join(PRE_TOKENIZERS)
         raise UnsupportedModel(f"GGUF pre-tokenizer {pre!r} is not supported: expected one of {known}")
@@ -313,7 +360,7 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     """The llama.cpp pre-tokenizer name of an HF ``tokenizer.json`` (for the GGUF export)."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []
         split = next((p for p in parts if p.get("type") == "Split"), None)
@@ -321,4 +368,4 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
         for name, regex in PRE_TOKENIZERS.items():
             if regex is not None and regex == pattern:
                 return name
-    raise UnsupportedModel("the tokenizer's pre-tokenizer has no GGUF equivalent (gpt2, qwen2 or llama-bpe)")
+    raise UnsupportedModel("the tokenizer's pre-tokenizer has no GGUF equivalent (gpt-2, qwen2 or llama-bpe)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuron.loading.gguf import HF_MODEL_TYPES, gguf_name, pre_tokenizer_name
+from neuron.loading.gguf import HF_MODEL_TYPES, PERMUTED, ROPE_FREQS, gguf_name, permute_rows, pre_tokenizer_name
 from neuron.loading.isq import IsqPlan, isq_types
 from neuron.loading.safetensors import Checkpoint
 from neuron.models import BadCheckpoint, BadQuant, UnsupportedModel, architecture_for
@@ -102,6 +102,17 @@ def _tokenizer_metadata(writer, src: Path, vocab_size: int) -> None:
         writer.add_chat_template(template)
 
 
+def _rope_factors(cfg) -> np.ndarray | None:
+    """The divisor of each RoPE frequency that Llama 3's scaling applies (llama.cpp's rope_freqs)."""
+    if not cfg.rope_scaling:
+        return None
+    from neuron.models.layers import llama3_inv_freq
+
+    exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim
+    base = 1.0 / (cfg.rope_theta**exponent)
+    return (base / llama3_inv_freq(base, cfg.rope_scaling)).numpy().astype(np.float32)
+
+
 def export_gguf(
     src: Path, dst: Path, quant: str, *, progress: Callable[[int, int, str], None] | None = None
 ) -> Exported:
@@ -140,6 +151,8 @@ def export_gguf(
         writer.add_value_length(cfg.head_dim)
         writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         writer.add_rope_freq_base(cfg.rope_theta)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_vocab_size(cfg.vocab_size)
         _tokenizer_metadata(writer, src, cfg.vocab_size)
         plans: list[tuple[str, str, Dense | Quant | None]] = []
         types: dict[str, int] = {}
@@ -159,12 +172,18 @@ def export_gguf(
             ggml_type = GGMLQuantizationType(raw_type)
             writer.add_tensor_info(gguf_name(n), list(shape), np.dtype(np.float32), nbytes, ggml_type)
             plans.append((n, gguf_name(n), method))
+        factors = _rope_factors(cfg)
+        if factors is not None:  # Llama 3's scaled RoPE: llama.cpp reads the divisors from a tensor
+            writer.add_tensor_info(ROPE_FREQS, [factors.shape[0]], np.dtype(np.float32), factors.nbytes)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         total = 0
         for i, (n, gname, method) in enumerate(plans):
             tensor = ckpt.read(n)
+            if gguf_arch == "llama" and any(n.endswith(suffix) for suffix in PERMUTED):
+                heads = cfg.num_attention_heads if "q_proj" in n else cfg.num_key_value_heads
+                tensor = permute_rows(tensor, heads)
             if isinstance(method, Quant):
                 data = quantize(tensor.float().contiguous(), method.qtype).data.numpy()
             else:
@@ -173,6 +192,8 @@ def export_gguf(
             total += data.nbytes
             if progress is not None:
                 progress(i + 1, len(plans), gname)
+        if factors is not None:
+            writer.write_tensor_data(factors)
         writer.close()
     finally:
         ckpt.close()

@@ -47,10 +47,15 @@ def _targets(model: nn.Module) -> dict[str, _Target]:
                 continue
             parent = mod_name.rsplit(".", 1)[0]
             for shard, first, rows in mod.shard_rows():
-                name = f"{parent}.{shard}.weight" if shard else f"{mod_name}.weight"
+                stem = f"{parent}.{shard}" if shard else mod_name
+                name = f"{stem}.weight"
                 targets[name] = _Target(
                     name, (rows, mod.in_features), lambda src, m=mod, f=first, r=rows: m.fill(f, r, src)
                 )
+                if mod.bias is not None:
+                    targets[f"{stem}.bias"] = _Target(
+                        f"{stem}.bias", (rows,), lambda src, b=mod.bias, f=first, r=rows: _copy(b[f : f + r], src)
+                    )
         elif isinstance(mod, Embedding):
             name = f"{mod_name}.weight"
             targets[name] = _Target(name, (mod.num_embeddings, mod.dim), mod.fill)
@@ -58,13 +63,13 @@ def _targets(model: nn.Module) -> dict[str, _Target]:
     for name, param in model.named_parameters():
         if id(param) in covered or name in targets:
             continue
-
-        def copy(src: Weight, p: torch.Tensor = param) -> None:
-            with torch.no_grad():
-                p.copy_(dequantize(src) if isinstance(src, QuantTensor) else src)
-
-        targets[name] = _Target(name, tuple(param.shape), copy)
+        targets[name] = _Target(name, tuple(param.shape), lambda src, p=param: _copy(p, src))
     return targets
+
+
+def _copy(dest: torch.Tensor, src: Weight) -> None:
+    with torch.no_grad():
+        dest.copy_(dequantize(src).reshape(dest.shape) if isinstance(src, QuantTensor) else src)
 
 
 def load_weights(

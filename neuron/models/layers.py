@@ -8,15 +8,18 @@ and casts back before the weight; RoPE tables are computed in float32 and cast t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from neuron import ops
-from neuron.models import Batch, PagedKV
-from neuron.models.methods import Method, Weight, WeightPlan
+from neuron.models import AttentionState, BadCheckpoint, Batch, PagedKV, UnsupportedModel
+from neuron.models.methods import DensePlan, Method, Weight, WeightPlan
 
 
 def empty_param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
@@ -58,9 +61,13 @@ class Linear(nn.Module):
     product each, concatenated.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, shards: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, shards: dict[str, int] | None = None, bias: bool = False
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.has_bias = bias
+        self.bias: nn.Parameter | None = None
         self.shards = shards or {}
         self.parts: list[Part] = []
         self.tied = False  # the weight is a tied embedding's table: the embedding is what gets filled
@@ -75,8 +82,11 @@ class Linear(nn.Module):
             first += rows
         return out
 
-    def bind(self, methods: list[Method], device: torch.device) -> None:
-        """Allocates storage: ``methods[i]`` for the i-th block of :meth:`shard_rows`."""
+    def bind(self, methods: list[Method], device: torch.device, bias_dtype: torch.dtype = torch.float32) -> None:
+        """Allocates storage: ``methods[i]`` for the i-th block of :meth:`shard_rows` (and the
+        bias, dense in ``bias_dtype``)."""
+        if self.has_bias:
+            self.bias = empty_param(self.out_features, dtype=bias_dtype, device=device)
         blocks = self.shard_rows()
         if len(methods) != len(blocks):
             raise ValueError(f"{len(blocks)} weight blocks need {len(blocks)} methods, got {len(methods)}")
@@ -126,8 +136,10 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.parts) == 1:
             part = self.parts[0]
-            return part.method.apply(part.weight, x)
-        return torch.cat([p.method.apply(p.weight, x) for p in self.parts], dim=-1)
+            y = part.method.apply(part.weight, x)
+        else:
+            y = torch.cat([p.method.apply(p.weight, x) for p in self.parts], dim=-1)
+        return y if self.bias is None else y + self.bias
 
 
 class Embedding(nn.Module):
@@ -176,23 +188,52 @@ def bind_weights(
                 plan.method(f"{parent}.{shard}.weight" if shard else f"{name}.weight", (rows, mod.in_features))
                 for shard, _, rows in mod.shard_rows()
             ]
-            mod.bind(methods, device)
+            mod.bind(methods, device, plan.dtype)
         elif isinstance(mod, Embedding):
             mod.bind(plan.method(f"{name}.weight", (mod.num_embeddings, mod.dim)), device)
 
 
 class RotaryEmbedding(nn.Module):
-    """Default (unscaled) rotate-half RoPE over the full head dimension."""
+    """Rotate-half RoPE over the full head dimension: unscaled, or Llama 3's frequency scaling
+    (``scaling``: HF's ``rope_scaling`` of type ``llama3``)."""
 
-    def __init__(self, head_dim: int, theta: float, *, device: torch.device) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        theta: float,
+        *,
+        device: torch.device,
+        scaling: dict[str, Any] | None = None,
+        freq_factors: list[float] | None = None,
+    ) -> None:
         super().__init__()
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float32) / head_dim
-        self.register_buffer("inv_freq", 1.0 / (theta**exponent), persistent=False)
+        inv_freq = 1.0 / (theta**exponent)
+        if scaling:
+            inv_freq = llama3_inv_freq(inv_freq, scaling)
+        if freq_factors is not None:
+            inv_freq = inv_freq / torch.tensor(freq_factors, dtype=torch.float32, device=device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1's scaled frequencies: long wavelengths divided by ``factor``, short ones kept,
+    the band between blended (as transformers computes them)."""
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old = float(scaling["original_max_position_embeddings"])
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(medium, blended, scaled)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -255,3 +296,201 @@ def paged_attention(
         )
         out[s:e] = o[0].transpose(0, 1)
     return out
+
+
+# --- the dense decoder (Qwen3, Qwen2, Llama): one set of modules, options per architecture -----
+
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+class DecoderConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """The fields of config.json a dense decoder uses (HF names, defaults resolved), and the
+    options that tell the architectures apart."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
+    qkv_bias: bool = False  # q/k/v projections have a bias (Qwen2)
+    rope_scaling: dict[str, Any] | None = None  # Llama 3's frequency scaling
+    rope_freq_factors: list[float] | None = None  # the same as a GGUF file stores it: divisors per frequency
+
+
+def parse_decoder_config(
+    cls: type[DecoderConfig],
+    raw: dict[str, Any],
+    arch: str,
+    *,
+    qk_norm: bool,
+    qkv_bias: bool,
+    rope_types: tuple[str, ...] = ("default",),
+) -> Any:
+    """One architecture's config.json as ``cls``: :class:`UnsupportedModel` for a feature this
+    neuron does not implement, :class:`BadCheckpoint` for a missing or mistyped field."""
+
+    def unsupported(what: str) -> UnsupportedModel:
+        return UnsupportedModel(f"{arch} with {what} is not supported by this neuron")
+
+    if not qkv_bias and raw.get("attention_bias"):
+        raise unsupported("attention_bias = true")
+    if raw.get("mlp_bias"):
+        raise unsupported("mlp_bias = true")
+    if raw.get("use_sliding_window"):
+        raise unsupported("use_sliding_window = true")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise unsupported(f"hidden_act = {raw['hidden_act']!r}")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
+    if rope_type not in rope_types:
+        raise unsupported(f"rope type {rope_type!r}")
+    theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+    try:
+        heads = int(raw["num_attention_heads"])
+        scaling = None
+        if rope_type == "llama3":
+            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            scaling = {k: float(rope[k]) for k in keys}
+        return cls(
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=int(raw["hidden_size"]),
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or raw["hidden_size"] // heads),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qk_norm=qk_norm,
+            qkv_bias=qkv_bias or bool(raw.get("attention_bias", False)),
+            rope_scaling=scaling,
+            rope_freq_factors=[float(f) for f in raw["rope_freq_factors"]] if raw.get("rope_freq_factors") else None,
+        )
+    except KeyError as exc:
+        raise BadCheckpoint(f"config.json lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise BadCheckpoint(f"config.json has a field of the wrong type: {exc}") from None
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer_idx: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_size, self.kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        sizes = (self.q_size, self.kv_size, self.kv_size)
+        shards = dict(zip(FUSED["qkv_proj"], sizes, strict=True))
+        self.qkv_proj = Linear(cfg.hidden_size, sum(sizes), shards=shards, bias=cfg.qkv_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q, k = q.reshape(t, self.heads, self.head_dim), k.reshape(t, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        v = v.reshape(t, self.kv_heads, self.head_dim)
+        out = paged_attention(q, k, v, self.layer_idx, batch, kv, self.head_dim**-0.5)
+        return self.o_proj(out.reshape(t, self.q_size))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        sizes = (cfg.intermediate_size, cfg.intermediate_size)
+        shards = dict(zip(FUSED["gate_up_proj"], sizes, strict=True))
+        self.gate_up_proj = Linear(cfg.hidden_size, sum(sizes), shards=shards)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer_idx: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_idx, dtype=dtype, device=device)
+        self.mlp = GatedMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, kv)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg: DecoderConfig, *, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, dtype=dtype, device=device) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
+        self.rotary_emb = RotaryEmbedding(
+            cfg.head_dim, cfg.rope_theta, device=device, scaling=cfg.rope_scaling, freq_factors=cfg.rope_freq_factors
+        )
+
+    def forward(self, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        """The final hidden states of every new token ``[T, hidden]`` (before the last norm)."""
+        x = self.embed_tokens(batch.input_ids, self.dtype)
+        cos, sin = self.rotary_emb(batch.positions, x.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        for layer in self.layers:
+            x = layer(x, cos, sin, batch, kv)
+        return x
+
+
+class CausalLM(nn.Module):
+    """A dense decoder with its head: the model contract's ``forward(batch, kv) -> logits``.
+    Subclasses name ``model_type`` and ``config_class``."""
+
+    model_type = "?"
+    config_class: type = DecoderConfig
+
+    def __init__(
+        self, cfg: DecoderConfig, *, dtype: torch.dtype, device: torch.device, plan: WeightPlan | None = None
+    ) -> None:
+        """``dtype`` is the activations' (and the norms'); ``plan`` picks each matrix weight's
+        method (default: dense in ``dtype``)."""
+        super().__init__()
+        self.config = cfg
+        self.model = DecoderModel(cfg, dtype=dtype, device=device)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        tied = {"lm_head"} if cfg.tie_word_embeddings else set()
+        bind_weights(self, plan or DensePlan(dtype), device, skip=tied)
+        if tied:
+            self.lm_head.share(self.model.embed_tokens)
+
+    @property
+    def tied_names(self) -> set[str]:
+        """Checkpoint names that duplicate a tied weight (present in some checkpoints)."""
+        return {"lm_head.weight"} if self.config.tie_word_embeddings else set()
+
+    def state_spec(self) -> list[AttentionState]:
+        """Every layer keeps keys and values (the paged KV cache)."""
+        cfg = self.config
+        return [AttentionState(cfg.num_key_value_heads, cfg.head_dim)] * cfg.num_hidden_layers
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch, kv: PagedKV) -> torch.Tensor:
+        """One engine step; float32 logits ``[S, vocab]`` of the rows in ``batch.sample_indices``."""
+        h = self.model(batch, kv)
+        h = self.model.norm(h.index_select(0, batch.sample_indices))
+        return self.lm_head(h).float()

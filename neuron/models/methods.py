@@ -129,7 +129,10 @@ Method = Dense | Quant
 
 
 class WeightPlan(Protocol):
-    """Chooses the method of each matrix weight by its checkpoint name and shape (rows, cols)."""
+    """Chooses the method of each matrix weight by its checkpoint name and shape (rows, cols);
+    ``dtype`` is the activations', which norms and biases are held in."""
+
+    dtype: torch.dtype
 
     def method(self, name: str, shape: tuple[int, int]) -> Method: ...
 

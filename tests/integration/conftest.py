@@ -148,10 +148,10 @@ def model_root(tmp_path_factory) -> Path:
     ctx = write_demo_model(root / "test" / "ctx48")
     cfg = json.loads((ctx / "config.json").read_text())
     (ctx / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 48}))
-    llama = root / "test" / "llama"
+    llama = root / "test" / "mamba"  # an architecture this neuron does not serve
     write_scripted_model(llama, SCRIPTS["test/plain"])
     cfg = json.loads((llama / "config.json").read_text())
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    cfg.update(model_type="mamba", architectures=["MambaForCausalLM"])
     (llama / "config.json").write_text(json.dumps(cfg))
     broken_index = write_demo_model(root / "test" / "broken-index")  # an index that is not one
     (broken_index / "model.safetensors.index.json").write_text('{"weight_map": ')
