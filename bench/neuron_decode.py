@@ -13,6 +13,9 @@ For each dtype:
   prompts of equal length, so no padding);
 - ``--quants q8_0,q4_k_m``: the same engine rows with the weights quantized in situ (bfloat16
   activations);
+- ``--gguf q8_0,q4_k_m``: the model written as GGUF by ``neuron quantize``, ours against
+  llama.cpp (``llama-cpp-python``) on the same file with the same threads: TTFT, decode, prefill
+  of 512 tokens (and our 1-8 streams);
 - prefix cache: TTFT of a 2,048-token prompt whose first 2,000 tokens were the previous request's,
   against the same prompt cold.
 
@@ -127,6 +130,64 @@ async def ttft_and_decode(lm: LoadedModel, prompt: list[int], tokens: int) -> tu
     return times[0] - t0, decode
 
 
+PREFILL = 512  # the prompt of the prefill rows
+
+
+def bench_llama_cpp(args, path: Path) -> dict:
+    """llama.cpp on the same GGUF file, same threads: TTFT and greedy decode tok/s of one stream
+    (as ``ttft_and_decode`` times ours), and prefill tok/s of a 512-token prompt."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=2048,
+        n_batch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        verbose=False,
+    )
+    ttfts, rates, prefills = [], [], []
+    for r in range(args.reps + 1):  # the first is a warm-up
+        prompt = prompts(1, args.prompt, 100 + r)[0]
+        llm.reset()
+        t0 = time.perf_counter()
+        times = []
+        for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+            times.append(time.perf_counter())
+            if len(times) >= args.tokens:
+                break
+        long = prompts(1, PREFILL, 500 + r)[0]
+        llm.reset()
+        p0 = time.perf_counter()
+        llm.eval(long)
+        if r:
+            ttfts.append(times[0] - t0)
+            rates.append((len(times) - 1) / (times[-1] - times[0]))
+            prefills.append(PREFILL / (time.perf_counter() - p0))
+    llm.close()
+    return {
+        "ttft": statistics.median(ttfts),
+        "decode": statistics.median(rates),
+        "prefill": statistics.median(prefills),
+    }
+
+
+def bench_gguf(args, model_dir: Path, quant: str) -> tuple[dict, dict | None]:
+    """Ours and llama.cpp on one GGUF file that ``neuron quantize`` writes from the bench model."""
+    from neuron.loading.gguf_export import export_gguf
+
+    folder = Path(args.workdir) / f"gguf-{quant}"
+    path = folder / f"model-{quant.upper()}.gguf"
+    if not path.exists():
+        export_gguf(model_dir, path, quant)
+    ours = bench_neuron(args, folder, torch.bfloat16, quant)
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return ours, None
+    return ours, bench_llama_cpp(args, path)
+
+
 def steady_rate(all_times: list[list[float]]) -> float:
     """Tokens per second of all streams together while every one of them was decoding."""
     start = max(t[0] for t in all_times)
@@ -160,6 +221,8 @@ def bench_neuron(args, model_dir: Path, dtype: torch.dtype, quant: str | None = 
                     rates.append(steady_rate(times))
                 out[f"streams{c}"] = statistics.median(rates)
             if quant is not None:  # the prefix cache does not depend on how the weights are held
+                long = [prompts(1, PREFILL, 500 + r)[0] for r in range(args.reps)]
+                out["prefill"] = statistics.median([PREFILL / (await ttft_and_decode(lm, p, 1))[0] for p in long])
                 return out
             # prefix cache: the previous request's first 2000 tokens, then 48 new ones
             base = prompts(1, 2048, 7)[0]
@@ -322,6 +385,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="bfloat16 only, one repetition, 32 tokens")
     ap.add_argument("--no-http", action="store_true", help="skip the rows through neuron serve and cortex")
     ap.add_argument(
+        "--gguf",
+        default="",
+        help="GGUF rows: the model written by neuron quantize at these types (e.g. q8_0,q4_k_m), ours and "
+        "llama.cpp's (llama-cpp-python) on the same file (default: none)",
+    )
+    ap.add_argument(
         "--quants",
         default="",
         help="in-situ quantized rows of the engine in bfloat16, e.g. q8_0,q4_k_m (default: none)",
@@ -360,8 +429,30 @@ def main() -> None:
     for quant in filter(None, args.quants.split(",")):
         ours = bench_neuron(args, model_dir, torch.bfloat16, quant)
         cells = [f"{ours.get(f'streams{c}', float('nan')):.1f}" for c in streams]
-        head = f"| neuron {quant} | bfloat16 | {ours['ttft'] * 1e3:.0f} | {ours['decode']:.1f} | "
+        head = f"| neuron {quant} (in situ) | bfloat16 | {ours['ttft'] * 1e3:.0f} | {ours['decode']:.1f} | "
         print(head + " | ".join(cells) + " | |", flush=True)
+    gguf_rows = {}
+    if args.gguf:
+        print(f"\n## GGUF files (neuron quantize), ours against llama.cpp on the same file, {args.threads} threads\n")
+        print(f"| file | engine | TTFT ms | decode tok/s | prefill {PREFILL} tok/s | 8 streams tok/s |")
+        print("|---|---|---|---|---|---|")
+        for quant in args.gguf.split(","):
+            ours, theirs = bench_gguf(args, model_dir, quant)
+            gguf_rows[quant] = (ours, theirs)
+            eight = ours.get("streams8", float("nan"))
+            print(
+                f"| {quant} | neuron | {ours['ttft'] * 1e3:.0f} | {ours['decode']:.1f} | {ours['prefill']:.0f} "
+                f"| {eight:.1f} |",
+                flush=True,
+            )
+            if theirs is None:
+                print(f"| {quant} | llama.cpp | (llama-cpp-python is not installed) | | | |")
+            else:
+                print(
+                    f"| {quant} | llama.cpp | {theirs['ttft'] * 1e3:.0f} | {theirs['decode']:.1f} "
+                    f"| {theirs['prefill']:.0f} | |",
+                    flush=True,
+                )
     http = {}
     if not args.no_http:
         print("\n## through HTTP (openai SDK streams, a 13-token prompt, wall time including prefill)\n")
@@ -374,6 +465,12 @@ def main() -> None:
                 http[(name, path)] = (one, eight)
                 print(f"| {path} | {name} | {one:.1f} | {eight:.1f} | {eight / one:.2f}x |", flush=True)
     print("\n## bars\n")
+    for quant, (ours, theirs) in gguf_rows.items():
+        if theirs is not None:
+            print(f"- {quant}: decode / llama.cpp: {ours['decode'] / theirs['decode']:.2f}x (bar: >= 1.0x)")
+            print(
+                f"- {quant}: prefill {PREFILL} / llama.cpp: {ours['prefill'] / theirs['prefill']:.2f}x (bar: >= 0.7x)"
+            )
     for name, (ours, hf) in results.items():
         one = ours.get("streams1") or ours["decode"]
         if "streams8" in ours:
