@@ -73,8 +73,9 @@ def _reexec(models: list[ModelSpec]) -> int:
 def _discover(args: argparse.Namespace) -> int:
     from neuron import __version__, hardware
     from neuron.engine.residency import HARNESSES
+    from neuron.loading.isq import isq_types
 
-    doc = hardware.discover(__version__, list(HARNESSES))
+    doc = hardware.discover(__version__, list(HARNESSES), list(isq_types()))
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(doc).decode(), indent=2) + "\n")
     return 0
 

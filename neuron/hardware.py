@@ -116,9 +116,10 @@ def _versions() -> tuple[str | None, str | None]:
         return None, None
 
 
-def discover(version: str, harnesses: list[str]) -> Discovery:
+def discover(version: str, harnesses: list[str], quant_types: list[str] | None = None) -> Discovery:
     cuda_version, driver_version = _versions()
     return Discovery(
+        quant_types=quant_types or [],
         hostname=socket.gethostname() or platform.node() or "unknown",
         os=platform.system() or "unknown",
         kernel=platform.release() or "unknown",

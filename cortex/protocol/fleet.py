@@ -55,6 +55,8 @@ class Discovery(msgspec.Struct, kw_only=True):
     cpu: CpuInfo
     harnesses: list[str]
     version: str
+    # what a load's quant may name: the block types (GGUF tensors, in-situ targets) and the mixes
+    quant_types: list[str] = []
 
 
 class DeviceHealth(msgspec.Struct, kw_only=True):

@@ -23,6 +23,7 @@ from neuron.api.errors import api_error_of
 from neuron.api.metrics import NeuronMetrics
 from neuron.config import NeuronConfig
 from neuron.engine.residency import HARNESSES, Residency
+from neuron.loading.isq import isq_types
 from neuron.models import ModelError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
     ctx = NeuronContext(
         config=config,
         residency=residency,
-        discovery=hardware.discover(__version__, list(HARNESSES)),
+        discovery=hardware.discover(__version__, list(HARNESSES), list(isq_types())),
         metrics=NeuronMetrics(residency, lambda: ctx.device_health),
         restore_models=list(restore_models or []),
     )

@@ -59,6 +59,7 @@ def test_discovery_health_and_version_describe_this_host(http):
     disc = http.get("/discovery").json()
     assert disc["harnesses"] == ["torch"] and disc["cpu"]["cores"] >= 1 and disc["cpu"]["memory_total_mb"] > 0
     assert isinstance(disc["devices"], list) and disc["hostname"] and disc["version"]
+    assert {"q8_0", "q4_k", "q6_k", "iq4_xs", "q4_k_m"} <= set(disc["quant_types"])
     h = health(http)
     assert h["uptime_secs"] > 0 and h["memory_free_mb"] > 0
     assert h["models"]["test/plain"] == {
