@@ -20,6 +20,7 @@ from torch import nn
 from neuron import ops
 from neuron.models import AttentionState, BadCheckpoint, Batch, PagedKV, UnsupportedModel
 from neuron.models.methods import DensePlan, Method, Weight, WeightPlan
+from neuron.ops.quant import QuantTensor
 
 
 def empty_param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
@@ -38,6 +39,17 @@ class RMSNorm(nn.Module):
             return ops.rms_norm_bf16(x, self.weight, self.eps)
         h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(x.dtype)
+
+
+def _adoptable(w: Weight, src: Weight) -> bool:
+    """``src`` can serve as the storage ``w`` was allocated as: ggml blocks of its type, shape and device."""
+    return (
+        isinstance(src, QuantTensor)
+        and isinstance(w, QuantTensor)
+        and src.qtype == w.qtype
+        and src.shape == w.shape
+        and src.device == w.device
+    )
 
 
 @dataclass
@@ -103,6 +115,11 @@ class Linear(nn.Module):
         """Uses ``other``'s table as this weight (tied embeddings): one storage, one method."""
         self.parts = [Part(0, self.out_features, other.method, other.weight)]
         self.tied = True
+        other.sharers.append(self)
+        self._expose()
+
+    def share_again(self, other: Embedding) -> None:
+        self.parts = [Part(0, self.out_features, other.method, other.weight)]
         self._expose()
 
     def _expose(self) -> None:
@@ -121,9 +138,15 @@ class Linear(nn.Module):
                 self.register_buffer(f"qweight{i}", part.weight.data, persistent=False)
 
     def fill(self, first: int, rows: int, src: Weight) -> None:
-        """Fills output rows ``first : first + rows`` (one shard) from a checkpoint tensor."""
+        """Fills output rows ``first : first + rows`` (one shard) from a checkpoint tensor. ggml
+        blocks of the part's own type that make up the whole part are kept as they come (a GGUF
+        file's memory map), not copied."""
         for part in self.parts:
             if part.first <= first and first + rows <= part.first + part.rows:
+                if part.first == first and part.rows == rows and _adoptable(part.weight, src):
+                    part.weight = src
+                    self._expose()
+                    return
                 with torch.no_grad():
                     part.method.fill(part.method.rows(part.weight, first - part.first, rows), src)
                 return
@@ -151,6 +174,7 @@ class Embedding(nn.Module):
         self.num_embeddings, self.dim = num_embeddings, dim
         self.method: Method | None = None
         self.weight: Weight | None = None
+        self.sharers: list[Linear] = []  # tied heads reading this table
 
     def bind(self, method: Method, device: torch.device) -> None:
         self.method = method
@@ -162,6 +186,12 @@ class Embedding(nn.Module):
             self.register_buffer("qweight", weight.data, persistent=False)
 
     def fill(self, src: Weight) -> None:
+        if _adoptable(self.weight, src):
+            self.weight = src  # a GGUF file's blocks, kept in its memory map
+            self.register_buffer("qweight", src.data, persistent=False)
+            for head in self.sharers:
+                head.share_again(self)
+            return
         with torch.no_grad():
             self.method.fill(self.weight, src)
 

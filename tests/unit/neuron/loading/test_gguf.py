@@ -20,14 +20,13 @@ from neuron.chat.text import load_text_side
 from neuron.demo import demo_template, qwen3_config, random_weights, train_tokenizer, write_model_dir
 from neuron.engine.loaded import open_weights
 from neuron.engine.stepper import SingleSequence, pool_for
-from neuron.loading.gguf import GgufPlan, GgufSource, gguf_files, gguf_name, gguf_tokenizer
+from neuron.loading.gguf import GgufPlan, GgufSource, gguf_files, gguf_name, gguf_tokenizer, permute_rows
 from neuron.loading.gguf_export import export_gguf
 from neuron.loading.isq import IsqPlan
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
-from neuron.models import BadQuant
+from neuron.models import BadQuant, architecture_for
 from neuron.models.methods import QUANT_GEMM_MIN_ROWS, DensePlan
-from neuron.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from neuron.ops.quant import quantize
 
 CPU = torch.device("cpu")
@@ -57,8 +56,9 @@ def hf_model(tmp_path_factory) -> tuple[Path, dict, dict]:
     return out, cfg, weights
 
 
-def build(cfg: dict, plan, source) -> Qwen3ForCausalLM:
-    model = Qwen3ForCausalLM(Qwen3Config.from_dict(cfg), dtype=torch.float32, device=CPU, plan=plan)
+def build(cfg: dict, plan, source):
+    arch = architecture_for(cfg)
+    model = arch(arch.config_class.from_dict(cfg), dtype=torch.float32, device=CPU, plan=plan)
     load_weights(model, source, redundant=model.tied_names, arch="qwen3")
     return model
 
@@ -90,6 +90,11 @@ def test_the_export_holds_the_bytes_of_an_in_situ_load(hf_model, tmp_path):
     ckpt.close()
     ids = torch.randint(0, cfg["vocab_size"], (QUANT_GEMM_MIN_ROWS + 10,), generator=torch.Generator().manual_seed(1))
     assert torch.equal(logits(from_gguf, ids), logits(in_situ, ids))  # the same bytes, the same logits
+    # a whole part of the file's own type is the memory map itself, not a copy
+    o_proj = from_gguf.model.layers[0].self_attn.o_proj.parts[0].weight
+    assert o_proj.data.data_ptr() == source.read("model.layers.0.self_attn.o_proj.weight").data.data_ptr()
+    embed = from_gguf.model.embed_tokens.weight
+    assert embed.data.data_ptr() == source.read("model.embed_tokens.weight").data.data_ptr()
     short = ids[:5]  # the decode kernel's path too
     assert torch.equal(logits(from_gguf, short), logits(in_situ, short))
 
@@ -111,14 +116,23 @@ def test_the_tokenizer_and_template_come_from_the_metadata(hf_model, tmp_path):
     assert rendered.endswith("<|im_start|>assistant\n") and "hi" in rendered
 
 
-def test_a_file_of_the_gguf_writer_gives_the_logits_of_its_dequantized_weights(tmp_path):
-    """Written with gguf's own writer, mixed per tensor as in a Q4_K_M file; the reference
-    dequantizes with gguf itself."""
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
+def test_a_file_of_the_gguf_writer_gives_the_logits_of_its_dequantized_weights(tmp_path, arch):
+    """Written with gguf's own writer, mixed per tensor as in a Q4_K_M file (Llama's q/k rows in
+    llama.cpp's order); the reference dequantizes with gguf itself."""
     tok = train_tokenizer(TEXT * 20, vocab_size=400)
-    cfg = wide_config((tok.get_vocab_size() + 31) // 32 * 32, tie=True)
+    cfg = wide_config((tok.get_vocab_size() + 31) // 32 * 32, tie=arch != "llama")
     weights = random_weights(cfg, seed=2, std=0.05)
+    if arch != "qwen3":
+        weights = {k: v for k, v in weights.items() if "q_norm" not in k and "k_norm" not in k}
+        cfg.update(architectures=[f"{arch.capitalize()}ForCausalLM"], model_type=arch)
+    if arch == "qwen2":
+        g = torch.Generator().manual_seed(3)
+        for layer in range(cfg["num_hidden_layers"]):
+            for name, rows in (("q", 256), ("k", 128), ("v", 128)):
+                weights[f"model.layers.{layer}.self_attn.{name}_proj.bias"] = torch.randn(rows, generator=g) * 0.3
     kinds = [gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K, gguf.GGMLQuantizationType.F16]
-    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), arch="qwen3")
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), arch=arch)
     writer.add_block_count(cfg["num_hidden_layers"])
     writer.add_context_length(cfg["max_position_embeddings"])
     writer.add_embedding_length(cfg["hidden_size"])
@@ -134,29 +148,32 @@ def test_a_file_of_the_gguf_writer_gives_the_logits_of_its_dequantized_weights(t
             writer.add_tensor(gguf_name(name), w.numpy())  # F32
             dequantized[name] = w
             continue
+        heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}.get(name.split(".")[-2])
+        stored = permute_rows(w, heads) if arch == "llama" and heads else w
         if name == "model.embed_tokens.weight":
             kind = gguf.GGMLQuantizationType.Q8_0
-            data = gguf.quants.quantize(w.numpy(), kind)  # gguf's own quantizer
+            data = gguf.quants.quantize(stored.numpy(), kind)  # gguf's own quantizer
         else:
             kind = kinds[i % len(kinds)]
             if kind == gguf.GGMLQuantizationType.F16:
-                data = w.numpy().astype(np.float16)
+                data = stored.numpy().astype(np.float16)
             else:
-                qtype = kind.name.lower()
-                data = quantize(w, qtype).data.numpy().reshape(w.shape[0], -1)
+                data = quantize(stored, kind.name.lower()).data.numpy().reshape(w.shape[0], -1)
         if kind == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(gguf_name(name), data)
         else:
             writer.add_tensor(gguf_name(name), data, raw_dtype=kind)
-        dequantized[name] = torch.from_numpy(gguf.quants.dequantize(data, kind).astype(np.float32).reshape(w.shape))
+        values = torch.from_numpy(gguf.quants.dequantize(data, kind).astype(np.float32).reshape(w.shape))
+        dequantized[name] = permute_rows(values, heads, inverse=True) if arch == "llama" and heads else values
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
     source = GgufSource([tmp_path / "model.gguf"])
-    stored = {source.qtype(n) for n in source.names()}
-    assert stored == {None, "q8_0", "q4_k", "q6_k"}
+    stored_types = {source.qtype(n) for n in source.names()}
+    assert stored_types == {None, "q8_0", "q4_k", "q6_k"}
+    assert source.hf_config()["model_type"] == arch
     from_gguf = build(source.hf_config(), GgufPlan(source, torch.float32), source)
     save_file(dequantized, str(tmp_path / "model.safetensors"))
     dense = build(cfg, DensePlan(torch.float32), Checkpoint(tmp_path))
