@@ -176,7 +176,7 @@ def bench_gguf(args, model_dir: Path, quant: str) -> tuple[dict, dict | None]:
     """Ours and llama.cpp on one GGUF file that ``neuron quantize`` writes from the bench model."""
     from neuron.loading.gguf_export import export_gguf
 
-    folder = Path(args.workdir) / f"gguf-{quant}"
+    folder = Path(f"{args.workdir}-gguf-{quant}")  # beside the model: its own folder is safetensors
     path = folder / f"model-{quant.upper()}.gguf"
     if not path.exists():
         export_gguf(model_dir, path, quant)
@@ -412,7 +412,7 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     results = {}
-    for name in args.dtypes.split(","):
+    for name in filter(None, args.dtypes.split(",")):
         dtype = getattr(torch, name)
         ours = bench_neuron(args, model_dir, dtype)
         hf = bench_transformers(args, model_dir, dtype) if not args.no_transformers else None
@@ -434,15 +434,16 @@ def main() -> None:
     gguf_rows = {}
     if args.gguf:
         print(f"\n## GGUF files (neuron quantize), ours against llama.cpp on the same file, {args.threads} threads\n")
-        print(f"| file | engine | TTFT ms | decode tok/s | prefill {PREFILL} tok/s | 8 streams tok/s |")
-        print("|---|---|---|---|---|---|")
+        cols = " | ".join(f"{c} streams tok/s" for c in streams)
+        print(f"| file | engine | TTFT ms | decode tok/s | prefill {PREFILL} tok/s | {cols} |")
+        print("|---|---|---|---|---|" + "---|" * len(streams))
         for quant in args.gguf.split(","):
             ours, theirs = bench_gguf(args, model_dir, quant)
             gguf_rows[quant] = (ours, theirs)
-            eight = ours.get("streams8", float("nan"))
+            cells = " | ".join(f"{ours.get(f'streams{c}', float('nan')):.1f}" for c in streams)
             print(
                 f"| {quant} | neuron | {ours['ttft'] * 1e3:.0f} | {ours['decode']:.1f} | {ours['prefill']:.0f} "
-                f"| {eight:.1f} |",
+                f"| {cells} |",
                 flush=True,
             )
             if theirs is None:
@@ -450,7 +451,7 @@ def main() -> None:
             else:
                 print(
                     f"| {quant} | llama.cpp | {theirs['ttft'] * 1e3:.0f} | {theirs['decode']:.1f} "
-                    f"| {theirs['prefill']:.0f} | |",
+                    f"| {theirs['prefill']:.0f} |" + " |" * len(streams),
                     flush=True,
                 )
     http = {}
@@ -458,7 +459,7 @@ def main() -> None:
         print("\n## through HTTP (openai SDK streams, a 13-token prompt, wall time including prefill)\n")
         print("| path | dtype | 1 stream tok/s | 8 streams tok/s | ratio |")
         print("|---|---|---|---|---|")
-        for name in args.dtypes.split(","):
+        for name in filter(None, args.dtypes.split(",")):
             rows = bench_http(args, model_dir, name)
             for path in ("neuron serve", "cortex -> neuron"):
                 one, eight = rows[(path, 1)], rows[(path, 8)]

@@ -102,8 +102,10 @@ class Weights:
 
 def open_weights(model_dir: Path, dtype: torch.dtype, quant: str | None) -> Weights:
     """The weights of ``model_dir``: a GGUF file (``quant`` picks it) or safetensors (``quant``
-    quantizes them in situ). Headers only: no tensor is read. Close ``source`` when done."""
-    paths = gguf_files(model_dir, quant)
+    quantizes them in situ; in a folder that has both, a ``quant`` that names a GGUF file picks
+    it, any other reads the safetensors). Headers only: no tensor is read. Close ``source`` when
+    done."""
+    paths = gguf_files(model_dir, quant, beside_safetensors=any(model_dir.glob("*.safetensors")))
     if paths is None:
         arch, raw_cfg = architecture_of(model_dir)
         cfg = arch.config_class.from_dict(raw_cfg)

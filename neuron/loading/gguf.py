@@ -104,12 +104,17 @@ def _labels(key: str) -> list[str]:
     return ["-".join(words[i:]) for i in range(len(words))]
 
 
-def gguf_files(model_dir: Path, quant: str | None) -> list[Path] | None:
+def gguf_files(model_dir: Path, quant: str | None, *, beside_safetensors: bool = False) -> list[Path] | None:
     """The GGUF file (its split parts) of ``model_dir`` that ``quant`` picks; None when the folder
-    holds no GGUF file. :class:`BadQuant` when ``quant`` matches none or several."""
+    holds no GGUF file, or (``beside_safetensors``) when ``quant`` names none of them: the
+    safetensors are the model then. :class:`BadQuant` when ``quant`` matches none or several."""
     groups = gguf_groups(model_dir)
     if not groups:
         return None
+    if beside_safetensors:
+        want = (quant or "").strip().lower()
+        if not want or not any(want in _labels(k) or want in Path(k).name.lower() for k in groups):
+            return None
     names = sorted(groups)
     if quant is None:
         if len(groups) == 1:

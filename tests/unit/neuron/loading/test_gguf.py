@@ -221,5 +221,10 @@ def test_open_weights_reads_a_gguf_folder_and_counts_its_bytes(hf_model, tmp_pat
     dense = open_weights(path, torch.float32, None)
     assert dense.gguf is None and dense.quant is None
     dense.source.close()
+    export_gguf(path, path / "gguf" / "tiny-Q8_0.gguf", "q8_0")  # beside the safetensors, one level down
+    for quant, gguf_file, held in ((None, False, None), ("q8_0", True, "q8_0"), ("q4_k", False, "q4_k")):
+        both = open_weights(path, torch.float32, quant)  # a GGUF file when quant names one, else the safetensors
+        assert (both.gguf is not None) == gguf_file and both.quant == held, quant
+        both.source.close()
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 8
