@@ -4,7 +4,7 @@ weight and multiplies by it. vLLM's ``LinearMethodBase`` shape, our own code.
 - :class:`Dense` keeps a float tensor of its dtype (the bf16 CPU decode kernels apply it);
 - :class:`Quant` keeps ggml blocks of one type (a :class:`~neuron.ops.quant.QuantTensor`) and
   multiplies with ``ops.qmatmul``; a long prefill dequantizes tiles of rows and runs a GEMM
-  instead, past :data:`QUANT_GEMM_MIN_ROWS` activation rows (the one place that crossover lives).
+  instead, from :func:`gemm_min_rows` activation rows on (the one place that crossover lives).
 
 A method allocates storage for ``rows x cols``, fills a run of rows from one checkpoint tensor
 (a float tensor is converted or quantized as it arrives; ggml blocks are copied, or converted
@@ -24,9 +24,22 @@ import torch.nn.functional as F
 from neuron import ops
 from neuron.ops.quant import BLOCK_BYTES, BLOCK_ELEMS, QuantTensor
 
-# Activation rows past which a quantized weight is dequantized a tile of rows at a time and
-# multiplied by torch's GEMM: bench/neuron_decode.py's prefill rows measure both sides.
-QUANT_GEMM_MIN_ROWS = 64
+# Activation rows from which a quantized weight is dequantized a tile of rows at a time and
+# multiplied by torch's GEMM instead of going through qmatmul. Measured on the Qwen3-0.6B-shaped
+# bench model (bf16 activations, 2 threads, AMD EPYC Zen 4): alone, the direct kernel wins up to
+# about 300 rows for q4_k (6144 x 1024: 11.1 vs 12.4 ms at 256 rows, 20.5 vs 14.2 at 512) and
+# about 500 for q6_k, whose dequantization is the slowest; q8_0 wins alone to ~300 rows too, but
+# in the model a 128-token prompt takes 830 ms direct against 400 ms through the GEMM, so q8_0
+# switches early. bench/neuron_decode.py --gguf measures TTFT and prefill on both sides.
+QUANT_GEMM_MIN_ROWS = 320
+QUANT_GEMM_MIN_ROWS_OF = {"q8_0": 64, "q6_k": 512}
+LONGEST_DIRECT_ROWS = max(QUANT_GEMM_MIN_ROWS, *QUANT_GEMM_MIN_ROWS_OF.values())  # every type goes to GEMM from here
+
+
+def gemm_min_rows(qtype: str) -> int:
+    return QUANT_GEMM_MIN_ROWS_OF.get(qtype, QUANT_GEMM_MIN_ROWS)
+
+
 QUANT_GEMM_TILE_ROWS = 512  # weight rows dequantized at once: a few MiB, stays in cache
 
 Weight = torch.Tensor | QuantTensor
@@ -107,7 +120,7 @@ class Quant:
         n, k = weight.shape
         rows = x.numel() // k if k else 0
         x = x if x.is_contiguous() else x.contiguous()
-        if rows < QUANT_GEMM_MIN_ROWS:
+        if rows < gemm_min_rows(self.qtype):
             return ops.qmatmul(x, weight)
         flat = x.reshape(rows, k)
         out = torch.empty((rows, n), dtype=x.dtype, device=x.device)

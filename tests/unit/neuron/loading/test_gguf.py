@@ -26,7 +26,7 @@ from neuron.loading.isq import IsqPlan
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
 from neuron.models import BadQuant, architecture_for
-from neuron.models.methods import QUANT_GEMM_MIN_ROWS, DensePlan
+from neuron.models.methods import LONGEST_DIRECT_ROWS, DensePlan
 from neuron.ops.quant import quantize
 
 CPU = torch.device("cpu")
@@ -64,7 +64,7 @@ def build(cfg: dict, plan, source):
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
-    seq = SingleSequence(model, pool_for(model, 160))
+    seq = SingleSequence(model, pool_for(model, LONGEST_DIRECT_ROWS + 64))
     return seq.run(ids, all_logits=True)
 
 
@@ -88,7 +88,7 @@ def test_the_export_holds_the_bytes_of_an_in_situ_load(hf_model, tmp_path):
     ckpt = Checkpoint(path)
     in_situ = build(cfg, IsqPlan("q4_k_m", torch.float32, 8, False), ckpt)
     ckpt.close()
-    ids = torch.randint(0, cfg["vocab_size"], (QUANT_GEMM_MIN_ROWS + 10,), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, cfg["vocab_size"], (LONGEST_DIRECT_ROWS + 10,), generator=torch.Generator().manual_seed(1))
     assert torch.equal(logits(from_gguf, ids), logits(in_situ, ids))  # the same bytes, the same logits
     # a whole part of the file's own type is the memory map itself, not a copy
     o_proj = from_gguf.model.layers[0].self_attn.o_proj.parts[0].weight
@@ -177,7 +177,7 @@ def test_a_file_of_the_gguf_writer_gives_the_logits_of_its_dequantized_weights(t
     from_gguf = build(source.hf_config(), GgufPlan(source, torch.float32), source)
     save_file(dequantized, str(tmp_path / "model.safetensors"))
     dense = build(cfg, DensePlan(torch.float32), Checkpoint(tmp_path))
-    ids = torch.randint(0, cfg["vocab_size"], (QUANT_GEMM_MIN_ROWS + 6,), generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(0, cfg["vocab_size"], (LONGEST_DIRECT_ROWS + 6,), generator=torch.Generator().manual_seed(4))
     assert (logits(from_gguf, ids) - logits(dense, ids)).abs().max().item() < 1e-4
 
 

@@ -20,7 +20,7 @@ from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
 from neuron.models import architecture_for
 from neuron.models.layers import CausalLM
-from neuron.models.methods import QUANT_GEMM_MIN_ROWS
+from neuron.models.methods import LONGEST_DIRECT_ROWS
 
 VOCAB = 320
 COMMON = dict(
@@ -91,7 +91,7 @@ def test_prefill_and_decode_logits_match_transformers(pair):
     ids = torch.randint(0, VOCAB, (120,), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = hf(ids[None]).logits[0]
-    seq = SingleSequence(ours, pool_for(ours, 128))
+    seq = SingleSequence(ours, pool_for(ours, LONGEST_DIRECT_ROWS + 64))
     prefill = torch.cat([seq.run(ids[:70], all_logits=True), seq.run(ids[70:100], all_logits=True)])
     steps = torch.stack([seq.run(ids[i : i + 1]) for i in range(100, 120)])
     assert (prefill - ref[:100]).abs().max().item() < 1e-4
@@ -139,7 +139,7 @@ def test_a_gguf_export_reads_back_as_the_in_situ_load(pair, tmp_path):
     ckpt = Checkpoint(path)
     load_weights(in_situ, ckpt, redundant=in_situ.tied_names, arch=arch.model_type)
     ckpt.close()
-    ids = torch.randint(0, VOCAB, (QUANT_GEMM_MIN_ROWS + 3,), generator=torch.Generator().manual_seed(2))
-    a = SingleSequence(from_gguf, pool_for(from_gguf, 80)).run(ids, all_logits=True)
-    b = SingleSequence(in_situ, pool_for(in_situ, 80)).run(ids, all_logits=True)
+    ids = torch.randint(0, VOCAB, (LONGEST_DIRECT_ROWS + 3,), generator=torch.Generator().manual_seed(2))
+    a = SingleSequence(from_gguf, pool_for(from_gguf, LONGEST_DIRECT_ROWS + 64)).run(ids, all_logits=True)
+    b = SingleSequence(in_situ, pool_for(in_situ, LONGEST_DIRECT_ROWS + 64)).run(ids, all_logits=True)
     assert (a - b).abs().max().item() < 1e-5, name  # rope and eps round-trip through float32 metadata

@@ -19,7 +19,7 @@ from neuron.loading.isq import IsqPlan, isq_types
 from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights, planned_bytes, resident_bytes
 from neuron.models.layers import Embedding, Linear
-from neuron.models.methods import QUANT_GEMM_MIN_ROWS, Dense, DensePlan, Quant
+from neuron.models.methods import LONGEST_DIRECT_ROWS, Dense, DensePlan, Quant
 from neuron.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from neuron.ops.quant import random_quant_tensor
 
@@ -57,10 +57,10 @@ def test_a_long_prompt_goes_through_dequantized_tiles_and_a_gemm(dtype):
     g = torch.Generator().manual_seed(1)
     w = random_quant_tensor("q4_k", (1100, 512), generator=g)  # 1100 rows: two full tiles and a tail
     method = Quant("q4_k")
-    x = torch.randn(QUANT_GEMM_MIN_ROWS + 5, 512, generator=g).to(dtype)
+    x = torch.randn(LONGEST_DIRECT_ROWS + 5, 512, generator=g).to(dtype)
     ref = x.double() @ ops.dequantize_ref(w).T
     got = method.apply(w, x)
-    assert got.dtype == dtype and got.shape == (QUANT_GEMM_MIN_ROWS + 5, 1100)
+    assert got.dtype == dtype and got.shape == (LONGEST_DIRECT_ROWS + 5, 1100)
     assert rel_rms(got, ref) < (1e-6 if dtype == torch.float32 else 1e-2)
     short = method.apply(w, x[:3])  # the direct kernel
     assert rel_rms(short, ref[:3]) < 1.5e-2
@@ -154,10 +154,10 @@ def test_a_model_quantized_in_situ_gives_the_logits_of_its_dequantized_weights(c
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     dense = build(cfg, DensePlan(torch.float32), tmp_path)
 
-    ids = torch.randint(0, 300, (QUANT_GEMM_MIN_ROWS + 8,), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, 300, (LONGEST_DIRECT_ROWS + 8,), generator=torch.Generator().manual_seed(3))
     runs = {}
     for key, model in (("quant", quantized), ("dense", dense)):
-        seq = SingleSequence(model, pool_for(model, 128))
+        seq = SingleSequence(model, pool_for(model, LONGEST_DIRECT_ROWS + 64))
         prefill = seq.run(ids[:-4], all_logits=True)  # long enough for the dequantized-tile GEMM
         steps = torch.stack([seq.run(ids[i : i + 1]) for i in range(len(ids) - 4, len(ids))])  # qmatmul
         runs[key] = (prefill, steps)
