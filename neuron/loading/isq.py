@@ -63,6 +63,8 @@ class IsqPlan:
         qtype = base
         if "embed_tokens" in name and self.tied:
             return Dense(self.dtype)
+        if name.endswith("mlp.gate.weight"):  # an MoE router stays dense, as llama.cpp keeps ffn_gate_inp
+            return Dense(self.dtype)
         if name.startswith("lm_head") and mix:
             qtype = "q6_k"
         elif mix and (".v_proj." in name or ".down_proj." in name):

@@ -126,9 +126,9 @@ class Batch:
         return self._plan
 
 
-from neuron.models import llama, qwen2, qwen3  # noqa: E402 (the architectures use the contract above)
+from neuron.models import llama, qwen2, qwen3, qwen3_moe  # noqa: E402 (the architectures use the contract above)
 
-ARCHITECTURES = {**qwen3.ARCHITECTURES, **qwen2.ARCHITECTURES, **llama.ARCHITECTURES}
+ARCHITECTURES = {**qwen3.ARCHITECTURES, **qwen2.ARCHITECTURES, **llama.ARCHITECTURES, **qwen3_moe.ARCHITECTURES}
 MODEL_TYPES = {cls.model_type: cls for cls in ARCHITECTURES.values()}
 
 

@@ -352,6 +352,20 @@ class DecoderConfig(msgspec.Struct, kw_only=True, frozen=True):
     qkv_bias: bool = False  # q/k/v projections have a bias (Qwen2)
     rope_scaling: dict[str, Any] | None = None  # Llama 3's frequency scaling
     rope_freq_factors: list[float] | None = None  # the same as a GGUF file stores it: divisors per frequency
+    # mixture of experts (Qwen3-MoE): which layers route, and how
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] = []
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (
+            self.num_experts > 0
+            and layer not in self.mlp_only_layers
+            and (layer + 1) % max(1, self.decoder_sparse_step) == 0
+        )
 
 
 def parse_decoder_config(
@@ -362,6 +376,7 @@ def parse_decoder_config(
     qk_norm: bool,
     qkv_bias: bool,
     rope_types: tuple[str, ...] = ("default",),
+    moe: bool = False,
 ) -> Any:
     """One architecture's config.json as ``cls``: :class:`UnsupportedModel` for a feature this
     neuron does not implement, :class:`BadCheckpoint` for a missing or mistyped field."""
@@ -404,11 +419,28 @@ def parse_decoder_config(
             qkv_bias=qkv_bias or bool(raw.get("attention_bias", False)),
             rope_scaling=scaling,
             rope_freq_factors=[float(f) for f in raw["rope_freq_factors"]] if raw.get("rope_freq_factors") else None,
+            **(_moe_fields(raw) if moe else {}),
         )
     except KeyError as exc:
         raise BadCheckpoint(f"config.json lacks {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise BadCheckpoint(f"config.json has a field of the wrong type: {exc}") from None
+
+
+def _moe_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    # transformers 5 writes num_local_experts; released checkpoints say num_experts
+    experts = int(raw["num_experts"] if "num_experts" in raw else raw["num_local_experts"])
+    per_token = int(raw["num_experts_per_tok"])
+    if not 0 < per_token <= experts:
+        raise BadCheckpoint(f"num_experts_per_tok = {per_token} must be between 1 and num_experts = {experts}")
+    return {
+        "num_experts": experts,
+        "num_experts_per_tok": per_token,
+        "moe_intermediate_size": int(raw["moe_intermediate_size"]),
+        "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
+        "decoder_sparse_step": int(raw.get("decoder_sparse_step", 1) or 1),
+        "mlp_only_layers": [int(i) for i in raw.get("mlp_only_layers") or []],
+    }
 
 
 class Attention(nn.Module):
@@ -439,23 +471,60 @@ class Attention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        sizes = (cfg.intermediate_size, cfg.intermediate_size)
+        inter = intermediate_size or cfg.intermediate_size
+        sizes = (inter, inter)
         shards = dict(zip(FUSED["gate_up_proj"], sizes, strict=True))
         self.gate_up_proj = Linear(cfg.hidden_size, sum(sizes), shards=shards)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.down_proj = Linear(inter, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
+class SparseMoE(nn.Module):
+    """Qwen3-MoE's block: a router (``gate``, kept dense) scores the experts, each token goes to
+    its ``num_experts_per_tok`` best (softmax in float32, then top-k, renormalized when
+    ``norm_topk_prob``), and only the experts some token chose run, each over its own tokens at
+    once; every expert is a gated MLP holding its weights through weight methods (quantized
+    experts included). HF names: ``mlp.gate.weight``, ``mlp.experts.{i}.{gate,up,down}_proj``."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.gate = Linear(cfg.hidden_size, cfg.num_experts)
+        self.experts = nn.ModuleList(GatedMLP(cfg, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.gate(x), dim=-1, dtype=torch.float32)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [T, k]
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
+        flat = chosen.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # the (token, slot) pairs grouped by expert
+        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        tokens = order // self.top_k
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            pairs = order[start : start + count]
+            rows = tokens[start : start + count]
+            start += count
+            y = self.experts[expert](x.index_select(0, rows))
+            out.index_add_(0, rows, y * weights.reshape(-1)[pairs, None])
+        return out
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig, layer_idx: int, *, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         self.self_attn = Attention(cfg, layer_idx, dtype=dtype, device=device)
-        self.mlp = GatedMLP(cfg)
+        self.mlp = SparseMoE(cfg) if cfg.is_moe_layer(layer_idx) else GatedMLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, device=device)
 
