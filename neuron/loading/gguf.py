@@ -45,12 +45,20 @@ LAYER_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate_inp.weight": "mlp.gate.weight",  # an MoE router
+}
+# an MoE layer's experts, stacked in one 3-D tensor per projection: [experts, rows, cols]
+EXPERT_NAMES = {
+    "ffn_gate_exps.weight": "gate_proj",
+    "ffn_up_exps.weight": "up_proj",
+    "ffn_down_exps.weight": "down_proj",
 }
 # general.architecture -> HF names
 HF_MODEL_TYPES = {
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "llama": ("LlamaForCausalLM", "llama"),
+    "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3_moe"),
 }
 # llama.cpp stores Llama's q and k rows interleaved per head (its RoPE pairs neighbours; HF's
 # pairs halves): these rows are permuted on the way in and out
@@ -79,6 +87,11 @@ def gguf_name(name: str) -> str:
             return g
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
     if m:
+        e = re.fullmatch(r"mlp\.experts\.\d+\.(\w+)\.weight", m.group(2))
+        if e:
+            for g, h in EXPERT_NAMES.items():
+                if h == e.group(1):
+                    return f"blk.{m.group(1)}.{g}"
         for g, h in LAYER_NAMES.items():
             if h == m.group(2):
                 return f"blk.{m.group(1)}.{g}"
@@ -161,6 +174,13 @@ class GgufSource:
                     self.rope_freqs = np.array(t.data, dtype=np.float32).reshape(-1)
                     continue
                 dims = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne[0] is the row length
+                m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
+                if m and m.group(2) in EXPERT_NAMES and len(dims) == 3:  # one HF tensor per expert
+                    per_expert = np.asarray(t.data).reshape(dims[0], -1)
+                    for e in range(dims[0]):
+                        name = f"model.layers.{m.group(1)}.mlp.experts.{e}.{EXPERT_NAMES[m.group(2)]}.weight"
+                        self.tensors[name] = _Tensor(t.name, int(t.tensor_type), dims[1:], per_expert[e])
+                    continue
                 self.tensors[hf_name(t.name)] = _Tensor(t.name, int(t.tensor_type), dims, t.data)
 
     def value(self, key: str, default: Any = None) -> Any:
@@ -257,6 +277,24 @@ class GgufSource:
             "rope_theta": float(self.value(f"{arch}.rope.freq_base", 10000.0)),
             "tie_word_embeddings": "lm_head.weight" not in self.tensors,
             "rope_freq_factors": self.rope_freqs.tolist() if self.rope_freqs is not None else None,
+            **self._moe_config(arch),
+        }
+
+    def _moe_config(self, arch: str) -> dict[str, Any]:
+        experts = self.value(f"{arch}.expert_count")
+        if not experts:
+            return {}
+        return {
+            "num_experts": int(experts),
+            "num_experts_per_tok": int(self.value(f"{arch}.expert_used_count") or 1),
+            "moe_intermediate_size": int(self.value(f"{arch}.expert_feed_forward_length") or 0),
+            "norm_topk_prob": True,  # llama.cpp renormalizes the top-k weights of qwen3moe
+            # the layers without a router are dense (llama.cpp has no key for it: the tensors say)
+            "mlp_only_layers": [
+                i
+                for i in range(int(self.value(f"{arch}.block_count") or 0))
+                if f"model.layers.{i}.mlp.gate.weight" not in self.tensors
+            ],
         }
 
     def end_token_ids(self) -> set[int]:

@@ -9,6 +9,7 @@ memory stays at about one tensor whatever the model's size.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,12 @@ def _tokenizer_metadata(writer, src: Path, vocab_size: int) -> None:
         writer.add_chat_template(template)
 
 
+def _expert_order(name: str) -> tuple:
+    """Checkpoint order, with an MoE layer's experts by their number (so they stack in order)."""
+    m = re.fullmatch(r"(.*\.experts\.)(\d+)(\..*)", name)
+    return (m.group(1), m.group(3), int(m.group(2))) if m else (name, "", -1)
+
+
 def _rope_factors(cfg) -> np.ndarray | None:
     """The divisor of each RoPE frequency that Llama 3's scaling applies (llama.cpp's rope_freqs)."""
     if not cfg.rope_scaling:
@@ -153,10 +160,22 @@ def export_gguf(
         writer.add_rope_freq_base(cfg.rope_theta)
         writer.add_rope_dimension_count(cfg.head_dim)
         writer.add_vocab_size(cfg.vocab_size)
+        if cfg.num_experts:
+            if not cfg.norm_topk_prob:
+                raise UnsupportedModel(
+                    "llama.cpp's qwen3moe renormalizes the top-k weights: norm_topk_prob must be true"
+                )
+            writer.add_expert_count(cfg.num_experts)
+            writer.add_expert_used_count(cfg.num_experts_per_tok)
+            writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
         _tokenizer_metadata(writer, src, cfg.vocab_size)
-        plans: list[tuple[str, str, Dense | Quant | None]] = []
+        units: dict[str, list[str]] = {}  # GGUF tensor -> its HF tensors (an MoE layer's experts, stacked)
+        for n in sorted(names, key=_expert_order):
+            units.setdefault(gguf_name(n), []).append(n)
+        plans: list[tuple[list[str], str, Dense | Quant]] = []
         types: dict[str, int] = {}
-        for n in names:
+        for gname, group in units.items():
+            n = group[0]
             shape = ckpt.shape(n)
             method = plan.method(n, (shape[0], shape[1])) if len(shape) == 2 else None  # norms: float32
             dtype = ckpt.read(n).dtype if isinstance(method, Dense) else torch.float32
@@ -167,11 +186,12 @@ def export_gguf(
                 method = Dense(dtype)
                 nbytes, raw_type = int(np.prod(shape)) * dtype.itemsize, FLOAT_GGML[dtype]
                 label = method.name
-            types[label] = types.get(label, 0) + 1
+            types[label] = types.get(label, 0) + len(group)
+            full = [len(group), *shape] if len(group) > 1 else list(shape)
             # numpy order, as the writer takes it (it stores ggml's reversed order itself)
             ggml_type = GGMLQuantizationType(raw_type)
-            writer.add_tensor_info(gguf_name(n), list(shape), np.dtype(np.float32), nbytes, ggml_type)
-            plans.append((n, gguf_name(n), method))
+            writer.add_tensor_info(gname, full, np.dtype(np.float32), nbytes * len(group), ggml_type)
+            plans.append((group, gname, method))
         factors = _rope_factors(cfg)
         if factors is not None:  # Llama 3's scaled RoPE: llama.cpp reads the divisors from a tensor
             writer.add_tensor_info(ROPE_FREQS, [factors.shape[0]], np.dtype(np.float32), factors.nbytes)
@@ -179,15 +199,18 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         total = 0
-        for i, (n, gname, method) in enumerate(plans):
-            tensor = ckpt.read(n)
-            if gguf_arch == "llama" and any(n.endswith(suffix) for suffix in PERMUTED):
-                heads = cfg.num_attention_heads if "q_proj" in n else cfg.num_key_value_heads
-                tensor = permute_rows(tensor, heads)
-            if isinstance(method, Quant):
-                data = quantize(tensor.float().contiguous(), method.qtype).data.numpy()
-            else:
-                data = tensor.to(method.dtype).contiguous().view(torch.uint8).numpy()
+        for i, (group, gname, method) in enumerate(plans):
+            parts = []
+            for n in group:
+                tensor = ckpt.read(n)
+                if gguf_arch == "llama" and any(n.endswith(suffix) for suffix in PERMUTED):
+                    heads = cfg.num_attention_heads if "q_proj" in n else cfg.num_key_value_heads
+                    tensor = permute_rows(tensor, heads)
+                if isinstance(method, Quant):
+                    parts.append(quantize(tensor.float().contiguous(), method.qtype).data.numpy())
+                else:
+                    parts.append(tensor.to(method.dtype).contiguous().view(torch.uint8).numpy().reshape(-1))
+            data = parts[0] if len(parts) == 1 else np.concatenate(parts)
             writer.write_tensor_data(data)
             total += data.nbytes
             if progress is not None:
@@ -197,4 +220,4 @@ def export_gguf(
         writer.close()
     finally:
         ckpt.close()
-    return Exported(dst, len(plans), total, types, time.perf_counter() - t0)
+    return Exported(dst, sum(len(g) for g, _, _ in plans), total, types, time.perf_counter() - t0)

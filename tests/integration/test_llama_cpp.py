@@ -45,7 +45,7 @@ def write_hf(out: Path, arch: str) -> Path:
         tie_word_embeddings=False,
     )
     weights = random_weights(cfg, seed=1, std=0.08)
-    if arch != "qwen3":  # no per-head norms; Qwen2 has q/k/v biases, Llama the scaled RoPE
+    if arch in ("qwen2", "llama"):  # no per-head norms; Qwen2 has q/k/v biases, Llama the scaled RoPE
         weights = {k: v for k, v in weights.items() if "q_norm" not in k and "k_norm" not in k}
         cfg.update(architectures=[f"{arch.capitalize()}ForCausalLM"], model_type=arch)
     if arch == "qwen2":
@@ -55,6 +55,18 @@ def write_hf(out: Path, arch: str) -> Path:
                 weights[f"model.layers.{layer}.self_attn.{name}_proj.bias"] = torch.randn(rows, generator=g) * 0.3
     if arch == "llama":
         cfg["rope_scaling"] = LLAMA3_ROPE
+    if arch == "qwen3_moe":  # every layer routed, as llama.cpp's qwen3moe has it
+        cfg.update(architectures=["Qwen3MoeForCausalLM"], num_experts=4, num_experts_per_tok=2)
+        cfg.update(moe_intermediate_size=256, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[])
+        g = torch.Generator().manual_seed(6)
+        for layer in range(cfg["num_hidden_layers"]):
+            prefix = f"model.layers.{layer}.mlp."
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                del weights[prefix + proj + ".weight"]
+            weights[prefix + "gate.weight"] = torch.randn(4, 512, generator=g) * 0.3
+            for e in range(4):
+                for proj, shape in (("gate_proj", (256, 512)), ("up_proj", (256, 512)), ("down_proj", (512, 256))):
+                    weights[f"{prefix}experts.{e}.{proj}.weight"] = torch.randn(*shape, generator=g) * 0.08
     return write_model_dir(out, tok, cfg, weights, template=demo_template())
 
 
@@ -114,7 +126,7 @@ def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p.exp() * (p - q)).sum(-1)
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama", "qwen3_moe"])
 def test_our_gguf_loads_in_llama_cpp_and_both_compute_the_same_model(arch, tmp_path):
     quantized = export_gguf(write_hf(tmp_path / arch, arch), tmp_path / f"{arch}-Q8_0.gguf", "q8_0").path
     mine, theirs, ids, their_ids = both(as_float32(quantized, tmp_path / f"{arch}-F32.gguf"))
@@ -126,6 +138,8 @@ def test_our_gguf_loads_in_llama_cpp_and_both_compute_the_same_model(arch, tmp_p
     divergence = kl(theirs, mine)
     agree = (mine.argmax(-1) == theirs.argmax(-1)).double().mean().item()
     # both engines quantize activations to int8 in their own way; on this flat random model that
-    # leaves a KL of about 1e-3 between them (0 at float32, above)
-    assert divergence.mean().item() < 5e-3, (arch, divergence.mean().item(), agree)
+    # leaves a KL of about 1e-3 between them (0 at float32, above); an MoE router turns that noise
+    # into a different expert for the odd token
+    bound = 2e-2 if arch == "qwen3_moe" else 5e-3
+    assert divergence.mean().item() < bound, (arch, divergence.mean().item(), agree)
     assert agree > 0.85, (arch, agree)
