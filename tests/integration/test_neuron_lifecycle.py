@@ -102,6 +102,29 @@ def test_footprint_matches_the_memory_a_cpu_load_measures(capped, wide_bytes):
         assert http.post("/models/unload", json={"model_id": "test/wide"}).status_code == 200
 
 
+def test_quantized_loads_take_what_their_footprint_says_and_two_fit_where_one_dense_does(capped, wide_bytes):
+    """The cap holds one float32 copy of test/wide, not two; quantized in situ to q8_0 (8.5 bits of 32)
+    both copies fit, each taking what its footprint said."""
+    http, cap_mb = capped
+    fp = http.get("/models/test%2Fwide/footprint", params={"quant": "q8_0"}).json()
+    assert fp["cpu_mb"] < wide_bytes // MIB // 3
+    loaded = []
+    try:
+        for model in ("test/wide", "test/wide2"):
+            r = http.post("/models/load", json={"model_id": model, "devices": [], "quant": "q8_0"})
+            assert r.status_code == 200, r.text
+            loaded.append(model)
+        table = model_table(http)
+        for model in loaded:
+            assert table[model]["quant"] == "q8_0"
+            measured = table[model]["vram_used_mb"]  # the weights and the KV pool: 25 % of what was left
+            assert fp["cpu_mb"] - 1 <= measured <= fp["cpu_mb"] + cap_mb // 4 + 1, (fp, measured)
+        assert sum(table[m]["vram_used_mb"] for m in loaded) <= cap_mb
+    finally:
+        for model in loaded:
+            assert http.post("/models/unload", json={"model_id": model}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("path", "status", "needle"),
     [
