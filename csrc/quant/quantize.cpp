@@ -21,6 +21,18 @@ constexpr float kGroupMaxEps = 1e-15f;
 // Round half to even, as ggml's nearest_int (valid for |x| < 2^22).
 static inline int nearest_int(float x) { return static_cast<int>(std::nearbyintf(x)); }
 
+// The value of largest magnitude among x[0..n), sign kept (the first of equal magnitudes).
+static inline float signed_amax(const float* x, int n) {
+  float amax = 0.0f, value = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      value = x[j];
+    }
+  }
+  return value;
+}
+
 void quantize_row_q8_0(const float* x, uint8_t* out, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, x += 32) {
     auto* blk = reinterpret_cast<BlockQ8_0*>(out + b * sizeof(BlockQ8_0));
@@ -36,14 +48,7 @@ void quantize_row_q8_0(const float* x, uint8_t* out, int64_t nblocks) {
 void quantize_row_q4_0(const float* x, uint8_t* out, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, x += 32) {
     auto* blk = reinterpret_cast<BlockQ4_0*>(out + b * sizeof(BlockQ4_0));
-    float amax = 0.0f, signed_max = 0.0f;  // the value of largest magnitude, sign kept
-    for (int j = 0; j < 32; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        signed_max = x[j];
-      }
-    }
-    const float d = signed_max / -8.0f;
+    const float d = signed_amax(x, 32) / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     store_half(&blk->d, d);
     for (int j = 0; j < 16; ++j) {
@@ -199,14 +204,8 @@ void quantize_row_q5_k(const float* x, uint8_t* out, int64_t nblocks) {
 // Symmetric fit of 16 values to L in [-nmax, nmax-1] weighted by x^2, sweeping 19 candidate
 // scales around nmax/max (ggml's make_qx_quants with rmse_type 1). L receives l + nmax.
 static float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
-  float amax = 0, signed_max = 0;
-  for (int i = 0; i < n; ++i) {
-    if (std::fabs(x[i]) > amax) {
-      amax = std::fabs(x[i]);
-      signed_max = x[i];
-    }
-  }
-  if (amax < kGroupMaxEps) {
+  const float signed_max = signed_amax(x, n);
+  if (std::fabs(signed_max) < kGroupMaxEps) {
     std::fill(L, L + n, int8_t{0});
     return 0.f;
   }
@@ -248,15 +247,9 @@ void quantize_row_q6_k(const float* x, uint8_t* out, int64_t nblocks) {
   for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
     BlockQ6_K blk;
     std::memset(&blk, 0, sizeof(blk));
-    float max_scale = 0, max_abs_scale = 0;
-    for (int s = 0; s < 16; ++s) {
-      scales[s] = fit_symmetric(16, 32, x + 16 * s, L + 16 * s);
-      if (std::fabs(scales[s]) > max_abs_scale) {
-        max_abs_scale = std::fabs(scales[s]);
-        max_scale = scales[s];
-      }
-    }
-    if (max_abs_scale >= kGroupMaxEps) {
+    for (int s = 0; s < 16; ++s) scales[s] = fit_symmetric(16, 32, x + 16 * s, L + 16 * s);
+    const float max_scale = signed_amax(scales, 16);
+    if (std::fabs(max_scale) >= kGroupMaxEps) {
       const float iscale = -128.f / max_scale;
       blk.d = fp32_to_fp16(1 / iscale);
       for (int s = 0; s < 16; ++s) {
@@ -321,14 +314,7 @@ void quantize_row_q5_0(const float* x, uint8_t* out, int64_t nblocks) {
   int q[32];
   for (int64_t b = 0; b < nblocks; ++b, x += 32) {
     auto* blk = reinterpret_cast<BlockQ5_0*>(out + b * sizeof(BlockQ5_0));
-    float amax = 0.0f, signed_max = 0.0f;
-    for (int j = 0; j < 32; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        signed_max = x[j];
-      }
-    }
-    const float d = signed_max / -16;
+    const float d = signed_amax(x, 32) / -16;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     store_half(&blk->d, d);
     for (int j = 0; j < 32; ++j) q[j] = std::min(31, static_cast<int>(static_cast<int8_t>(x[j] * id + 16.5f)));
@@ -412,14 +398,8 @@ void quantize_row_q2_k(const float* x, uint8_t* out, int64_t nblocks) {
 // move single levels while that raises (sum w x l)^2 / (sum w l^2) (ggml's make_q3_quants with
 // do_rmse). Returns the scale; L receives l + nmax.
 static float fit_q3(int n, int nmax, const float* x, int8_t* L) {
-  float amax = 0, signed_max = 0;
-  for (int i = 0; i < n; ++i) {
-    if (std::fabs(x[i]) > amax) {
-      amax = std::fabs(x[i]);
-      signed_max = x[i];
-    }
-  }
-  if (amax < kGroupMaxEps) {
+  const float signed_max = signed_amax(x, n);
+  if (std::fabs(signed_max) < kGroupMaxEps) {
     std::fill(L, L + n, int8_t{0});
     return 0.f;
   }
@@ -463,14 +443,8 @@ void quantize_row_q3_k(const float* x, uint8_t* out, int64_t nblocks) {
   float scales[16];
   for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
     BlockQ3_K blk;
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; ++j) {
-      scales[j] = fit_q3(16, 4, x + 16 * j, L + 16 * j);
-      if (std::fabs(scales[j]) > amax) {
-        amax = std::fabs(scales[j]);
-        max_scale = scales[j];
-      }
-    }
+    for (int j = 0; j < 16; ++j) scales[j] = fit_q3(16, 4, x + 16 * j, L + 16 * j);
+    const float max_scale = signed_amax(scales, 16);
     std::memset(blk.scales, 0, sizeof(blk.scales));
     if (max_scale != 0.0f) {
       const float iscale = -32.f / max_scale;
@@ -536,15 +510,9 @@ static int nearest_iq4nl(float x) {
 // keeping the best). Returns the scale (0 for an all-zero group); L receives the starting levels.
 static float fit_iq4(const float* x, int ntry, uint8_t L[32]) {
   float weight[32];
-  float amax = 0, signed_max = 0;
-  for (int j = 0; j < 32; ++j) {
-    weight[j] = x[j] * x[j];
-    if (std::fabs(x[j]) > amax) {
-      amax = std::fabs(x[j]);
-      signed_max = x[j];
-    }
-  }
-  if (amax < kGroupMaxEps) return 0.0f;
+  for (int j = 0; j < 32; ++j) weight[j] = x[j] * x[j];
+  const float signed_max = signed_amax(x, 32);
+  if (std::fabs(signed_max) < kGroupMaxEps) return 0.0f;
   const float v0 = kIq4nlValues[0];
   float d = ntry > 0 ? -signed_max / v0 : signed_max / v0;
   float id = 1 / d;
@@ -593,14 +561,8 @@ void quantize_row_iq4_xs(const float* x, uint8_t* out, int64_t nblocks) {
   float scales[8];
   for (int64_t b = 0; b < nblocks; ++b, x += kQK) {
     BlockIQ4_XS blk;
-    float max_scale = 0, amax_scale = 0;
-    for (int j = 0; j < 8; ++j) {
-      scales[j] = fit_iq4(x + 32 * j, 7, L);
-      if (std::fabs(scales[j]) > amax_scale) {
-        amax_scale = std::fabs(scales[j]);
-        max_scale = scales[j];
-      }
-    }
+    for (int j = 0; j < 8; ++j) scales[j] = fit_iq4(x + 32 * j, 7, L);
+    const float max_scale = signed_amax(scales, 8);
     const float d = -max_scale / 32;
     blk.d = fp32_to_fp16(d);
     const float id = d != 0.0f ? 1 / d : 0.f;

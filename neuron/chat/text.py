@@ -99,5 +99,4 @@ def load_text_side(model_id: str, model_dir: Path, gguf: GgufSource | None = Non
     finally:
         if own and gguf is not None:
             gguf.close()
-    side = TextSide(tokenizer, template, int(context or 0), longest_token_chars(tokenizer), frozenset(eos))
-    return side
+    return TextSide(tokenizer, template, int(context or 0), longest_token_chars(tokenizer), frozenset(eos))

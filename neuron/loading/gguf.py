@@ -117,6 +117,12 @@ def _labels(key: str) -> list[str]:
     return ["-".join(words[i:]) for i in range(len(words))]
 
 
+def _matching(names: list[str], want: str) -> list[str]:
+    """The files whose type label is ``want``, else those whose name holds it."""
+    exact = [k for k in names if want in _labels(k)]
+    return exact or [k for k in names if want in Path(k).name.lower()]
+
+
 def gguf_files(model_dir: Path, quant: str | None, *, beside_safetensors: bool = False) -> list[Path] | None:
     """The GGUF file (its split parts) of ``model_dir`` that ``quant`` picks; None when the folder
     holds no GGUF file, or (``beside_safetensors``) when ``quant`` names none of them: the
@@ -124,18 +130,15 @@ def gguf_files(model_dir: Path, quant: str | None, *, beside_safetensors: bool =
     groups = gguf_groups(model_dir)
     if not groups:
         return None
-    if beside_safetensors:
-        want = (quant or "").strip().lower()
-        if not want or not any(want in _labels(k) or want in Path(k).name.lower() for k in groups):
-            return None
     names = sorted(groups)
-    if quant is None:
+    want = quant.strip().lower() if quant is not None else None
+    found = _matching(names, want) if want is not None else []
+    if beside_safetensors and (not want or not found):
+        return None
+    if want is None:
         if len(groups) == 1:
             return groups[names[0]]
         raise BadQuant(f"this model has several GGUF files; say which with quant: {', '.join(names)}")
-    want = quant.strip().lower()
-    exact = [k for k in names if want in _labels(k)]
-    found = exact or [k for k in names if want in Path(k).name.lower()]
     if len(found) == 1:
         return groups[found[0]]
     if not found:
@@ -187,8 +190,7 @@ class GgufSource:
         field = self.fields.get(key)
         if field is None:
             return default
-        contents = field.contents()
-        return contents
+        return field.contents()
 
     @property
     def architecture(self) -> str:

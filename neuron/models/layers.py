@@ -113,12 +113,12 @@ class Linear(nn.Module):
 
     def share(self, other: Embedding) -> None:
         """Uses ``other``'s table as this weight (tied embeddings): one storage, one method."""
-        self.parts = [Part(0, self.out_features, other.method, other.weight)]
         self.tied = True
         other.sharers.append(self)
-        self._expose()
+        self.share_again(other)
 
     def share_again(self, other: Embedding) -> None:
+        """Follows ``other``'s table again (it took a new storage: a GGUF file's memory map)."""
         self.parts = [Part(0, self.out_features, other.method, other.weight)]
         self._expose()
 
