@@ -12,6 +12,7 @@
 #include "common/dtype.h"
 #include "common/thread_pool.h"
 #include "dense/dense.h"
+#include "gdn/gdn.h"
 #include "quant/quant.h"
 #include "quant/traits.h"
 
@@ -93,7 +94,7 @@ py::dict build_info() {
   info["cuda_archs"] = std::string(HELEXA_CUDA_ARCHS);
   info["compiler"] = std::string(__VERSION__);
   info["cpu_isas"] = helexa::usable_isa_names();
-  info["native_kernels"] = std::vector<std::string>{"quant", "dense", "attention"};
+  info["native_kernels"] = std::vector<std::string>{"quant", "dense", "attention", "gdn"};
   return info;
 }
 
@@ -181,6 +182,43 @@ PYBIND11_MODULE(_C, m) {
       py::arg("context_lens"), py::arg("seqs"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
       py::arg("block_tokens"), py::arg("max_blocks"), py::arg("scale"), py::arg("dtype"),
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "gdn_gating_cpu",
+      [](uintptr_t g, uintptr_t beta, uintptr_t a, uintptr_t b, uintptr_t a_log, uintptr_t dt_bias, int64_t rows,
+         int64_t heads, DType dtype) {
+        helexa::gdn::gdn_gating_cpu(ptr<float>(g), ptr<float>(beta), ptr<const void>(a), ptr<const void>(b),
+                                    ptr<const float>(a_log), ptr<const float>(dt_bias), rows, heads, dtype);
+      },
+      py::arg("g"), py::arg("beta"), py::arg("a"), py::arg("b"), py::arg("a_log"), py::arg("dt_bias"),
+      py::arg("rows"), py::arg("heads"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "causal_conv1d_cpu",
+      [](uintptr_t y, uintptr_t conv_states, uintptr_t x, uintptr_t weight, uintptr_t query_starts, uintptr_t slots,
+         uintptr_t fresh, int64_t seqs, int64_t rows, int64_t channels, int64_t kernel, int64_t num_slots,
+         DType x_dtype, DType w_dtype) {
+        helexa::gdn::causal_conv1d_cpu(ptr<void>(y), ptr<float>(conv_states), ptr<const void>(x),
+                                       ptr<const void>(weight), ptr<const int64_t>(query_starts),
+                                       ptr<const int64_t>(slots), ptr<const uint8_t>(fresh), seqs, rows, channels,
+                                       kernel, num_slots, x_dtype, w_dtype);
+      },
+      py::arg("y"), py::arg("conv_states"), py::arg("x"), py::arg("weight"), py::arg("query_starts"),
+      py::arg("slots"), py::arg("fresh"), py::arg("seqs"), py::arg("rows"), py::arg("channels"), py::arg("kernel"),
+      py::arg("num_slots"), py::arg("x_dtype"), py::arg("w_dtype"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "gated_delta_rule_cpu",
+      [](uintptr_t out, uintptr_t states, uintptr_t qkv, uintptr_t g, uintptr_t beta, uintptr_t query_starts,
+         uintptr_t slots, uintptr_t fresh, int64_t seqs, int64_t rows, int64_t key_heads, int64_t value_heads,
+         int64_t key_dim, int64_t value_dim, int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype) {
+        helexa::gdn::gated_delta_rule_cpu(ptr<void>(out), ptr<float>(states), ptr<const void>(qkv),
+                                          ptr<const float>(g), ptr<const float>(beta),
+                                          ptr<const int64_t>(query_starts), ptr<const int64_t>(slots),
+                                          ptr<const uint8_t>(fresh), seqs, rows, key_heads, value_heads, key_dim,
+                                          value_dim, num_slots, scale, chunked_min_len, dtype);
+      },
+      py::arg("out"), py::arg("states"), py::arg("qkv"), py::arg("g"), py::arg("beta"), py::arg("query_starts"),
+      py::arg("slots"), py::arg("fresh"), py::arg("seqs"), py::arg("rows"), py::arg("key_heads"),
+      py::arg("value_heads"), py::arg("key_dim"), py::arg("value_dim"), py::arg("num_slots"), py::arg("scale"),
+      py::arg("chunked_min_len"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
   m.def("qmatmul_workspace_bytes", &helexa::quant::qmatmul_workspace_bytes, py::arg("m"), py::arg("k"),
         py::arg("qtype"));
   m.def(

@@ -62,6 +62,45 @@ def paged_decode_cpu(
     scale: float,
     dtype: DType,
 ) -> None: ...
+def gdn_gating_cpu(
+    g: int, beta: int, a: int, b: int, a_log: int, dt_bias: int, rows: int, heads: int, dtype: DType
+) -> None: ...
+def causal_conv1d_cpu(
+    y: int,
+    conv_states: int,
+    x: int,
+    weight: int,
+    query_starts: int,
+    slots: int,
+    fresh: int,
+    seqs: int,
+    rows: int,
+    channels: int,
+    kernel: int,
+    num_slots: int,
+    x_dtype: DType,
+    w_dtype: DType,
+) -> None: ...
+def gated_delta_rule_cpu(
+    out: int,
+    states: int,
+    qkv: int,
+    g: int,
+    beta: int,
+    query_starts: int,
+    slots: int,
+    fresh: int,
+    seqs: int,
+    rows: int,
+    key_heads: int,
+    value_heads: int,
+    key_dim: int,
+    value_dim: int,
+    num_slots: int,
+    scale: float,
+    chunked_min_len: int,
+    dtype: DType,
+) -> None: ...
 def qmatmul_workspace_bytes(m: int, k: int, qtype: QuantType) -> int: ...
 def qmatmul_cpu(
     y: int, x: int, w: int, workspace: int, m: int, n: int, k: int, qtype: QuantType, x_dtype: DType

@@ -20,6 +20,14 @@ from neuron.ops.dense import (
     rms_norm_bf16,
     rms_norm_ref,
 )
+from neuron.ops.gdn import (
+    causal_conv1d,
+    causal_conv1d_ref,
+    gated_delta_rule,
+    gated_delta_rule_ref,
+    gdn_gating,
+    gdn_gating_ref,
+)
 from neuron.ops.quant import (
     QUANT_TYPES,
     QuantTensor,
@@ -37,9 +45,15 @@ __all__ = [
     "QUANT_TYPES",
     "QuantTensor",
     "build_info",
+    "causal_conv1d",
+    "causal_conv1d_ref",
     "cpu_isa",
     "dequantize",
     "dequantize_ref",
+    "gated_delta_rule",
+    "gated_delta_rule_ref",
+    "gdn_gating",
+    "gdn_gating_ref",
     "gemv_bf16",
     "gemv_bf16_ref",
     "matmul_bf16",
