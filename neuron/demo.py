@@ -108,12 +108,13 @@ def write_model_dir(
     out: Path,
     tokenizer: Tokenizer,
     cfg: dict[str, Any],
-    weights: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor] | None,
     *,
     template: str,
     generation: dict[str, Any] | None = None,
 ) -> Path:
-    """Writes an HF-layout model directory: config, generation config, tokenizer, template, weights."""
+    """Writes an HF-layout model directory: config, generation config, tokenizer, template, weights
+    (``None``: the folder has them already)."""
     out.mkdir(parents=True, exist_ok=True)
     im_end, eot = tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")
     gen = {
@@ -136,9 +137,10 @@ def write_model_dir(
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     (out / "chat_template.jinja").write_text(template)
-    save_file(
-        {k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
-    )
+    if weights is not None:
+        save_file(
+            {k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+        )
     return out
 
 

@@ -16,6 +16,11 @@ The engine owns the model's sequences. Each :meth:`Engine.step`, on the device's
    reached their budget, and hands the new tokens to the event loop in one
    ``call_soon_threadsafe``; it never waits for the event loop.
 
+A hybrid model's sequences also hold a recurrent-state slot (``neuron.engine.state_slots``) from
+admission to their end or preemption. Their state cannot be cut back to a shorter prefix, so a
+cached prefix serves them only up to a point where a state was kept: the last block boundary of
+each prompt (its prefill chunk is cut to end there, and the state is copied aside, LRU).
+
 Detokenizing, stop strings and SSE stay on the event loop (``neuron.engine.generation``).
 """
 
@@ -36,6 +41,7 @@ import torch
 
 from neuron.engine.kv_cache import BLOCK_TOKENS, BlockAllocator, BlockTable, KVPool, blocks_for
 from neuron.engine.sampling import Sampler, SamplingParams, sample_rows
+from neuron.engine.state_slots import KeptStates
 from neuron.models import Batch
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,7 @@ class Sequence:
     admitted_at: float | None = None
     first_at: float | None = None
     preempted: int = 0
+    state_slot: int | None = None  # its recurrent-state slot (hybrid models), while it holds one
 
     @property
     def pending(self) -> int:
@@ -132,9 +139,14 @@ class Engine:
         max_batch_tokens: int,
         loop: asyncio.AbstractEventLoop,
         wake: Callable[[], None] = lambda: None,
+        kept_states: int = 0,
     ) -> None:
+        """``kept_states``: how many prompt-end states a hybrid model keeps for prefix reuse
+        (slots of ``pool.states`` beyond one per running sequence)."""
         self.executor = executor
         self.pool = pool
+        self.states = pool.states
+        self.kept = KeptStates(pool.states, kept_states) if pool.states is not None else None
         self.allocator = BlockAllocator(pool.num_blocks)
         self.vocab_size = vocab_size
         self.max_num_seqs = max_num_seqs
@@ -225,12 +237,19 @@ class Engine:
             self.waiting.remove(seq)
         self.allocator.release(seq.table.blocks)
         seq.table = BlockTable()
+        self._release_state(seq)
+
+    def _release_state(self, seq: Sequence) -> None:
+        if seq.state_slot is not None:
+            self.states.release(seq.state_slot)
+            seq.state_slot = None
 
     def _preempt(self, seq: Sequence) -> None:
         """Frees a running sequence's blocks; it waits again, first in line, and is recomputed
         (from its cached prefix) when there is room."""
         self.running.remove(seq)
         self.allocator.release(seq.table.blocks)
+        self._release_state(seq)
         seq.table, seq.num_computed, seq.preempted = BlockTable(), 0, seq.preempted + 1
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
@@ -278,6 +297,7 @@ class Engine:
             n = self._chunk(seq, budget)
             if n == 0:  # no blocks for it now: it waits (and everyone behind it: first come, first served)
                 self.allocator.release(seq.table.blocks)  # holding cached blocks while waiting could starve others
+                self._release_state(seq)
                 seq.table, seq.num_computed = BlockTable(), 0
                 if not self.running:  # nothing will ever free a block: the pool cannot hold it
                     self._finish(seq)
@@ -297,7 +317,20 @@ class Engine:
         the step that finishes the prompt has logits to sample from)."""
         first = seq.preempted == 0
         limit = len(seq.tokens) - 1
-        blocks, last_key = self.allocator.match(seq.tokens, limit)
+        keys: list[int] = []
+        blocks, last_key = self.allocator.match(seq.tokens, limit, keys)
+        if self.kept is not None:  # a hybrid resumes only where a state was kept
+            seq.state_slot = self.states.allocate()
+            if seq.state_slot is None:
+                raise RuntimeError("no recurrent-state slot free for an admitted sequence")
+            usable = len(blocks)
+            while usable and keys[usable - 1] not in self.kept:
+                usable -= 1
+            self.allocator.release(blocks[usable:])
+            blocks = blocks[:usable]
+            last_key = keys[usable - 1] if usable else None
+            if usable:
+                self.kept.restore(last_key, seq.state_slot)
         seq.table = BlockTable(blocks=blocks, registered=len(blocks), last_key=last_key)
         seq.num_computed = len(blocks) * BLOCK_TOKENS
         if first:
@@ -309,10 +342,19 @@ class Engine:
         """How many of ``seq``'s pending tokens to compute now (within ``budget`` and the free
         blocks); 0 when not even one fits."""
         n = min(seq.pending, budget)
+        edge = self._keep_edge(seq)
+        if seq.num_computed < edge < seq.num_computed + n:  # end the chunk where the state is kept
+            n = edge - seq.num_computed
         while n > 0 and not self._grow(seq, seq.num_computed + n):
             free_tokens = (len(seq.table.blocks) + self.allocator.num_free) * BLOCK_TOKENS - seq.num_computed
             n = min(n - 1, max(0, free_tokens))
         return n
+
+    def _keep_edge(self, seq: Sequence) -> int:
+        """Where a hybrid sequence's state is kept: its prompt's last block boundary (0: nowhere)."""
+        if self.kept is None or self.kept.capacity == 0:
+            return 0
+        return seq.num_prompt // BLOCK_TOKENS * BLOCK_TOKENS
 
     def _run(self, scheduled: list[tuple[Sequence, int]], outputs: list[tuple[Sequence, Output]]) -> None:
         device = self.executor.device
@@ -349,6 +391,7 @@ class Engine:
             block_tables=tables.to(device, non_blocking=True),
             slot_mapping=on_device(slots),
             sample_indices=on_device(sample_at),
+            state_slots=torch.tensor([seq.state_slot for seq, _ in scheduled]) if self.kept is not None else None,
         )
         self.stats.steps += 1
         self.stats.batch_tokens = len(ids)
@@ -356,6 +399,9 @@ class Engine:
         for seq, n in scheduled:
             seq.num_computed += n
             self._register_full_blocks(seq)
+            edge = self._keep_edge(seq)
+            if edge and seq.num_computed == edge and seq.table.last_key is not None:
+                self.kept.keep(seq.table.last_key, seq.state_slot)
         raw = _log_probs(logits, samplers)  # of the model's own distribution, before any mask or sampling
         self._constrain(logits, samplers)
         now = time.perf_counter()

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from neuron.engine.state_slots import StatePool
+from neuron.models import AttentionState, RecurrentState
+
 BLOCK_TOKENS = 16
 
 
@@ -44,15 +47,32 @@ class KVLayout:
         return self.bytes_per_token() * BLOCK_TOKENS
 
 
-class KVPool:
-    """Keys and values of every layer: ``k[layer]`` and ``v[layer]`` are
-    ``[num_blocks, BLOCK_TOKENS, kv_heads, head_dim]``."""
+def kv_layout(spec: list[AttentionState | RecurrentState], dtype: torch.dtype) -> KVLayout:
+    """The KV pool's layout for a model's state spec: its attention layers, in order."""
+    attention = [s for s in spec if isinstance(s, AttentionState)]
+    if not attention:
+        raise ValueError("the model has no attention layer: it needs no KV pool")
+    return KVLayout(len(attention), attention[0].kv_heads, attention[0].head_dim, dtype)
 
-    def __init__(self, layout: KVLayout, num_blocks: int, device: torch.device) -> None:
+
+def recurrent_spec(spec: list[AttentionState | RecurrentState]) -> list[RecurrentState]:
+    """The recurrent layers of a state spec, in order (empty for a plain decoder)."""
+    return [s for s in spec if isinstance(s, RecurrentState)]
+
+
+class KVPool:
+    """Keys and values of every attention layer: ``k[layer]`` and ``v[layer]`` are
+    ``[num_blocks, BLOCK_TOKENS, kv_heads, head_dim]``; and, for a hybrid model, the recurrent
+    layers' state slots (``states``)."""
+
+    def __init__(
+        self, layout: KVLayout, num_blocks: int, device: torch.device, states: StatePool | None = None
+    ) -> None:
         if num_blocks < 1:
             raise ValueError(f"a KV pool needs at least one block, got {num_blocks}")
         shape = (layout.layers, num_blocks, BLOCK_TOKENS, layout.kv_heads, layout.head_dim)
         self.layout = layout
+        self.states = states
         self.num_blocks = num_blocks
         self.k = torch.zeros(shape, dtype=layout.dtype, device=device)
         self.v = torch.zeros(shape, dtype=layout.dtype, device=device)
@@ -62,7 +82,9 @@ class KVPool:
         return self.num_blocks * BLOCK_TOKENS
 
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        """The keys and values and the state slots."""
+        states = self.states.nbytes() if self.states is not None else 0
+        return self.num_blocks * self.layout.bytes_per_block() + states
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Stores ``k``/``v`` ``[T, kv_heads, head_dim]`` at the flat ``slots`` ``[T]``."""
@@ -156,10 +178,10 @@ class BlockAllocator:
             self.cached[block] = _Cached(key, parent, tokens)
         return key
 
-    def match(self, tokens: list[int], limit: int) -> tuple[list[int], int | None]:
+    def match(self, tokens: list[int], limit: int, keys: list[int] | None = None) -> tuple[list[int], int | None]:
         """The longest run of registered blocks that holds the first tokens of ``tokens``, at most
         ``limit`` tokens' worth; each block found gains a reference. Returns the blocks and the
-        key of the last one (the parent of what comes next)."""
+        key of the last one (the parent of what comes next); ``keys`` receives every block's key."""
         found: list[int] = []
         parent: int | None = None
         for start in range(0, limit - limit % BLOCK_TOKENS, BLOCK_TOKENS):
@@ -176,6 +198,8 @@ class BlockAllocator:
             self.refs[block] += 1
             found.append(block)
             parent = key
+            if keys is not None:
+                keys.append(key)
         return found, parent
 
 

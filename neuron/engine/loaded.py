@@ -25,8 +25,9 @@ from neuron.engine.admission import Admission
 from neuron.engine.engine import Engine
 from neuron.engine.executor import Throughput, UniExecutor
 from neuron.engine.grammar import Grammars
-from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for
+from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for, kv_layout, recurrent_spec
 from neuron.engine.sampling import SamplingParams
+from neuron.engine.state_slots import StatePool, state_bytes
 from neuron.engine.worker import DeviceWorker
 from neuron.loading.gguf import GgufPlan, GgufSource, gguf_files
 from neuron.loading.isq import IsqPlan, isq_types
@@ -97,7 +98,9 @@ class Weights:
         return {"lm_head.weight"} if self.cfg.tie_word_embeddings else set()
 
     def planned_bytes(self, dtype: torch.dtype) -> int:
-        return planned_bytes(self.source, self.plan, dtype, redundant=self.redundant)
+        return planned_bytes(
+            self.source, self.plan, dtype, redundant=self.redundant, skip_prefixes=self.arch.skip_prefixes
+        )
 
 
 def open_weights(model_dir: Path, dtype: torch.dtype, quant: str | None) -> Weights:
@@ -179,15 +182,38 @@ class LoadedModel:
         return pool.capacity_tokens, alloc.num_used * BLOCK_TOKENS
 
 
-def kv_pool_blocks(layout: KVLayout, settings: KVSettings, free_after_weights: int, context: int) -> int:
-    """The pool's blocks: ``kv_cache_mb`` when set, else ``share`` of the memory free after the
-    weights; never more than ``max_num_seqs`` full contexts need."""
+RUNNING_STATES_SHARE = 0.5  # of the pool's budget, at most, for the running sequences' recurrent states
+KEPT_STATES_SHARE = 0.25  # of the pool's budget, at most, for recurrent states kept for prefix reuse
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    blocks: int  # KV blocks
+    state_slots: int  # recurrent-state slots: one per running sequence, then the kept ones
+    kept_states: int
+    max_num_seqs: int  # sequences the engine runs at once: fewer than asked when their states do not fit
+
+
+def pool_size(
+    layout: KVLayout, slot_bytes: int, settings: KVSettings, free_after_weights: int, context: int
+) -> tuple[PoolSize, int]:
+    """How the pool's budget (``kv_cache_mb`` when set, else ``share`` of the memory free after
+    the weights) is spent, and the budget: a hybrid model's recurrent states first (a slot per
+    running sequence, as many of ``max_num_seqs`` as :data:`RUNNING_STATES_SHARE` of the budget
+    holds; then up to :data:`KEPT_STATES_SHARE` of it for kept states, one per running sequence
+    at most), then KV blocks, never more than the running sequences' full contexts need."""
     if settings.kv_cache_mb is not None:
         budget = settings.kv_cache_mb << 20
     else:
         budget = int(max(0, free_after_weights) * settings.share)
-    blocks = budget // layout.bytes_per_block()
-    return int(min(blocks, settings.max_num_seqs * blocks_for(context)))
+    seqs, running, kept = settings.max_num_seqs, 0, 0
+    if slot_bytes:
+        seqs = running = int(min(settings.max_num_seqs, int(budget * RUNNING_STATES_SHARE) // slot_bytes))
+        kept = int(min(running, int(budget * KEPT_STATES_SHARE) // slot_bytes))
+    left = budget - (running + kept) * slot_bytes
+    blocks = max(0, left) // layout.bytes_per_block()
+    blocks = int(min(blocks, max(1, seqs) * blocks_for(context)))
+    return PoolSize(blocks, running + kept, kept, seqs), budget
 
 
 def load_model(
@@ -221,17 +247,44 @@ def load_model(
             )
         before = torch.cuda.memory_allocated(worker.device) if worker.device.type == "cuda" else 0
         net = arch(cfg, dtype=dtype, device=worker.device, plan=plan).eval()
-        load_weights(net, opened.source, redundant=net.tied_names, progress=progress, arch=arch.model_type)
+        load_weights(
+            net,
+            opened.source,
+            redundant=net.tied_names,
+            progress=progress,
+            arch=arch.model_type,
+            skip_prefixes=arch.skip_prefixes,
+        )
     finally:
         opened.source.close()
     on_gpu = worker.device.type == "cuda"
     weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else resident_bytes(net)
     spec = net.state_spec()
-    layout = KVLayout(len(spec), spec[0].kv_heads, spec[0].head_dim, dtype)
+    layout, recurrent = kv_layout(spec, dtype), recurrent_spec(spec)
+    slot_bytes = state_bytes(recurrent)
     context = cfg.max_position_embeddings
     # what the fit check saw free, less what the weights took, is what is left for the pool
-    blocks = kv_pool_blocks(layout, settings, free - weights, context)
-    if blocks * layout.bytes_per_block() > free - weights:  # a kv_cache_mb larger than what is left
+    size, budget = pool_size(layout, slot_bytes, settings, free - weights, context)
+    blocks = size.blocks
+    if recurrent and size.max_num_seqs < 1:
+        raise ApiError(
+            "insufficient_storage",
+            f"model {model_id!r} fits on {worker.name}, but not the recurrent state of one sequence "
+            f"({slot_bytes >> 20} MiB) in half of its pool's {budget >> 20} MiB",
+            code="does_not_fit",
+        )
+    if size.max_num_seqs < settings.max_num_seqs:
+        log.info(
+            "%s runs %d sequences at once, not max_num_seqs = %d: their recurrent states (%d MiB each) "
+            "take half of its %d MiB pool",
+            model_id,
+            size.max_num_seqs,
+            settings.max_num_seqs,
+            slot_bytes >> 20,
+            budget >> 20,
+        )
+    if blocks * layout.bytes_per_block() + size.state_slots * slot_bytes > free - weights:
+        # a kv_cache_mb larger than what is left
         raise ApiError(
             "insufficient_storage",
             f"model {model_id!r} fits on {worker.name}, but its KV cache (kv_cache_mb = {settings.kv_cache_mb}) "
@@ -245,16 +298,18 @@ def load_model(
             f"({layout.bytes_per_block() >> 10} KiB a block of {BLOCK_TOKENS} tokens)",
             code="does_not_fit",
         )
-    pool = KVPool(layout, blocks, worker.device)
+    states = StatePool(recurrent, size.state_slots, worker.device) if recurrent else None
+    pool = KVPool(layout, blocks, worker.device, states)
     executor = UniExecutor(net, pool, worker.device, dtype)
     engine = Engine(
         executor,
         pool,
         vocab_size=cfg.vocab_size,
-        max_num_seqs=settings.max_num_seqs,
+        max_num_seqs=size.max_num_seqs,
         max_batch_tokens=settings.max_batch_tokens,
         loop=loop,
         wake=worker.wake,
+        kept_states=size.kept_states,
     )
     defaults, eos_ids = _generation_defaults(model_dir)
     eos_ids |= side.eos_ids
@@ -297,6 +352,7 @@ def _warm_up(executor: UniExecutor) -> None:
         block_tables=one[None],
         slot_mapping=one,
         sample_indices=one,
+        state_slots=torch.zeros(1, dtype=torch.long) if executor.kv.states is not None else None,
     )
     executor.execute(batch)
     executor.throughput = Throughput()
@@ -309,5 +365,7 @@ def release_model(lm: LoadedModel) -> None:
     lm.net = None  # type: ignore[assignment]
     lm.executor.model = None  # type: ignore[assignment]
     lm.engine.pool.k = lm.engine.pool.v = None  # type: ignore[assignment]  (its size stays readable)
+    if lm.engine.pool.states is not None:
+        lm.engine.pool.states.conv = lm.engine.pool.states.ssm = []
     if lm.device.type == "cuda":
         torch.cuda.empty_cache()

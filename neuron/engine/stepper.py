@@ -6,26 +6,36 @@ from __future__ import annotations
 
 import torch
 
-from neuron.engine.kv_cache import BLOCK_TOKENS, KVLayout, KVPool, blocks_for
+from neuron.engine.kv_cache import BLOCK_TOKENS, KVPool, blocks_for, kv_layout, recurrent_spec
+from neuron.engine.state_slots import StatePool
 from neuron.models import Batch
 
 
-def pool_for(model: torch.nn.Module, tokens: int) -> KVPool:
-    """A KV pool holding ``tokens`` tokens of ``model`` (its state spec, its dtype and device)."""
+def pool_for(model: torch.nn.Module, tokens: int, *, state_slots: int = 1) -> KVPool:
+    """A KV pool holding ``tokens`` tokens of ``model`` (its state spec, its dtype and device),
+    with ``state_slots`` recurrent-state slots when the model has recurrent layers."""
     spec = model.state_spec()
-    weight = next(model.parameters())
-    layout = KVLayout(len(spec), spec[0].kv_heads, spec[0].head_dim, weight.dtype)
-    return KVPool(layout, blocks_for(tokens), weight.device)
+    dtype, device = model.decoder.dtype, next(model.parameters()).device
+    recurrent = recurrent_spec(spec)
+    states = StatePool(recurrent, state_slots, device) if recurrent else None
+    return KVPool(kv_layout(spec, dtype), blocks_for(tokens), device, states)
 
 
 class SingleSequence:
     """A sequence with blocks ``first_block..`` of ``pool`` (all of them by default)."""
 
     def __init__(
-        self, model: torch.nn.Module, pool: KVPool, *, first_block: int = 0, blocks: int | None = None
+        self,
+        model: torch.nn.Module,
+        pool: KVPool,
+        *,
+        first_block: int = 0,
+        blocks: int | None = None,
+        state_slot: int = 0,
     ) -> None:
         self.model = model
         self.pool = pool
+        self.state_slot = state_slot  # its slot of the pool's recurrent states (hybrid models)
         count = pool.num_blocks - first_block if blocks is None else blocks
         self.blocks = list(range(first_block, first_block + count))
         self.length = 0  # tokens computed so far
@@ -52,6 +62,7 @@ class SingleSequence:
             block_tables=torch.tensor([self.blocks[: blocks_for(end)]], device=self.device),
             slot_mapping=slots.to(self.device),
             sample_indices=rows.to(self.device),
+            state_slots=torch.tensor([self.state_slot]) if self.pool.states is not None else None,
         )
         logits = self.model(batch, self.pool)
         self.length = end

@@ -48,8 +48,11 @@ class IsqPlan:
     """In-situ quantization of a float checkpoint to ``quant`` (a block type, or a ``_m`` mix).
 
     Every matrix gets the type, the untied ``lm_head`` and the untied embedding included; a tied
-    table stays dense (``dtype``), since it is the head too. A mix raises ``lm_head`` to Q6_K and
-    ``v_proj`` / ``down_proj`` to Q6_K on llama.cpp's layers (:func:`_more_bits`).
+    table stays dense (``dtype``), since it is the head too, and so do an MoE router and the
+    shared expert's gate (llama.cpp's ``ffn_gate_inp`` / ``ffn_gate_inp_shexp``). A mix raises
+    ``lm_head`` to Q6_K and ``v_proj`` / ``down_proj`` to Q6_K on llama.cpp's layers
+    (:func:`_more_bits`). Norms, and a gated DeltaNet's conv taps, ``A_log`` and ``dt_bias``, are
+    no Linear's: they are never quantized.
     """
 
     quant: str
@@ -63,8 +66,8 @@ class IsqPlan:
         qtype = base
         if "embed_tokens" in name and self.tied:
             return Dense(self.dtype)
-        if name.endswith("mlp.gate.weight"):  # an MoE router stays dense, as llama.cpp keeps ffn_gate_inp
-            return Dense(self.dtype)
+        if name.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
+            return Dense(self.dtype)  # an MoE router and the shared expert's gate stay dense, as llama.cpp keeps them
         if name.startswith("lm_head") and mix:
             qtype = "q6_k"
         elif mix and (".v_proj." in name or ".down_proj." in name):

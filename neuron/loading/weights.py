@@ -79,15 +79,17 @@ def load_weights(
     redundant: set[str] | frozenset[str] = frozenset(),
     progress: Callable[[float], None] | None = None,
     arch: str = "model",
+    skip_prefixes: tuple[str, ...] = (),
 ) -> list[str]:
     """Fills ``model`` from every tensor of ``source``; returns the names used. ``redundant``
-    names (a tied head some checkpoints carry) are skipped."""
+    names (a tied head some checkpoints carry) and names under ``skip_prefixes`` (parts of a
+    checkpoint the model does not serve: a vision tower) are skipped."""
     targets = {name: t for name, t in _targets(model).items() if name not in redundant}
     filled: set[str] = set()
     used, unused, mismatched = [], [], []
     names = source.names()
     for i, name in enumerate(names):
-        if name in redundant:
+        if name in redundant or name.startswith(skip_prefixes):
             continue
         target = targets.get(name)
         if target is None:
@@ -116,13 +118,18 @@ def load_weights(
 
 
 def planned_bytes(
-    source: WeightSource, plan: WeightPlan, dtype: torch.dtype, *, redundant: set[str] | frozenset[str] = frozenset()
+    source: WeightSource,
+    plan: WeightPlan,
+    dtype: torch.dtype,
+    *,
+    redundant: set[str] | frozenset[str] = frozenset(),
+    skip_prefixes: tuple[str, ...] = (),
 ) -> int:
     """What the weights will take once loaded under ``plan``, from the source's headers alone:
     each matrix by its method's exact bytes, every other tensor in ``dtype``."""
     total = 0
     for name in source.names():
-        if name in redundant:
+        if name in redundant or name.startswith(skip_prefixes):
             continue
         shape = tuple(source.shape(name))
         if len(shape) == 2:

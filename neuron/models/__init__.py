@@ -6,8 +6,8 @@ config.json ``architectures``) with:
 - ``model_type`` and ``config_class``; ``config_class.from_dict(raw)`` parses config.json once
   and raises :class:`UnsupportedModel` or :class:`BadCheckpoint` (never an HTTP error: models
   know nothing of HTTP; ``neuron/api/errors.py`` maps each :class:`ModelError` to its status);
-- ``state_spec()``: the per-layer state a sequence carries (:class:`AttentionState` for the
-  paged KV cache now; the hybrid architectures add recurrent-state slots);
+- ``state_spec()``: the per-layer state a sequence carries: :class:`AttentionState` (the paged
+  KV cache) or :class:`RecurrentState` (a fixed-size slot: the hybrids' gated DeltaNet layers);
 - ``FUSED``-style tables of fused weights and ``tied_names`` (the loader walks them);
 - ``forward(batch, kv) -> logits``: one step of the engine for every sequence in ``batch`` at
   once, float32 logits ``[len(batch.sample_indices), vocab]`` for the rows that sample.
@@ -66,12 +66,41 @@ class AttentionState:
     head_dim: int
 
 
+@dataclass(frozen=True)
+class RecurrentState:
+    """A layer's state is fixed-size, whatever the context (a gated DeltaNet layer): the last
+    ``conv_kernel - 1`` inputs of its causal conv over ``conv_channels``, and a float32
+    ``[heads, key_dim, value_dim]`` recurrent state. One slot of the engine's state pool per
+    sequence (``neuron.engine.state_slots``)."""
+
+    conv_channels: int
+    conv_kernel: int
+    heads: int
+    key_dim: int
+    value_dim: int
+
+    def nbytes(self) -> int:
+        return 4 * (self.conv_channels * (self.conv_kernel - 1) + self.heads * self.key_dim * self.value_dim)
+
+
 class PagedKV(Protocol):
     """The engine's KV pool as the models use it (``neuron.engine.kv_cache.KVPool``)."""
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
     def gather(self, layer: int, table: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]: ...
     def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @property
+    def states(self) -> RecurrentStates | None: ...
+
+
+class RecurrentStates(Protocol):
+    """The engine's recurrent-state pool as the models use it (``neuron.engine.state_slots.StatePool``):
+    per recurrent layer, ``conv[i]`` ``[slots, channels, kernel - 1]`` and ``ssm[i]``
+    ``[slots, heads, key_dim, value_dim]``, float32, updated in place by the layer."""
+
+    conv: list[torch.Tensor]
+    ssm: list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,11 @@ class Batch:
     block_tables: torch.Tensor  # [B, max_blocks] int64
     slot_mapping: torch.Tensor  # [T] int64: where each new token's keys and values go
     sample_indices: torch.Tensor  # [S] int64: rows whose logits are wanted
+    # recurrent layers: each sequence's slot in the state pool ([B] int64, on the host); a
+    # sequence whose context is all new starts from zeros, any other continues its slot
+    state_slots: torch.Tensor | None = None
     _plan: DecodePlan | None = field(default=None, repr=False)
+    _fresh: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def num_seqs(self) -> int:
@@ -111,6 +144,15 @@ class Batch:
 
     def query_len(self, i: int) -> int:
         return self.query_starts[i + 1] - self.query_starts[i]
+
+    def fresh_states(self) -> torch.Tensor:
+        """[B] bool, on the host: which sequences start their recurrent state from zeros (no
+        earlier tokens), computed once per batch."""
+        if self._fresh is None:
+            self._fresh = torch.tensor(
+                [self.context_lens[i] == self.query_len(i) for i in range(self.num_seqs)], dtype=torch.bool
+            )
+        return self._fresh
 
     def decode_plan(self) -> DecodePlan:
         """Which sequences decode (computed once per batch, used by every layer)."""
@@ -126,9 +168,16 @@ class Batch:
         return self._plan
 
 
-from neuron.models import llama, qwen2, qwen3, qwen3_moe  # noqa: E402 (the architectures use the contract above)
+from neuron.models import llama, qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next  # noqa: E402 (they use the contract above)
 
-ARCHITECTURES = {**qwen3.ARCHITECTURES, **qwen2.ARCHITECTURES, **llama.ARCHITECTURES, **qwen3_moe.ARCHITECTURES}
+ARCHITECTURES = {
+    **qwen3.ARCHITECTURES,
+    **qwen2.ARCHITECTURES,
+    **llama.ARCHITECTURES,
+    **qwen3_moe.ARCHITECTURES,
+    **qwen3_next.ARCHITECTURES,
+    **qwen3_5.ARCHITECTURES,
+}
 MODEL_TYPES = {cls.model_type: cls for cls in ARCHITECTURES.values()}
 
 

@@ -359,6 +359,7 @@ class DecoderConfig(msgspec.Struct, kw_only=True, frozen=True):
     norm_topk_prob: bool = False
     decoder_sparse_step: int = 1
     mlp_only_layers: list[int] = []
+    shared_expert_intermediate_size: int = 0  # an always-on expert beside the routed ones, with a sigmoid gate
 
     def is_moe_layer(self, layer: int) -> bool:
         return (
@@ -440,6 +441,7 @@ def _moe_fields(raw: dict[str, Any]) -> dict[str, Any]:
         "norm_topk_prob": bool(raw.get("norm_topk_prob", False)),
         "decoder_sparse_step": int(raw.get("decoder_sparse_step", 1) or 1),
         "mlp_only_layers": [int(i) for i in raw.get("mlp_only_layers") or []],
+        "shared_expert_intermediate_size": int(raw.get("shared_expert_intermediate_size", 0) or 0),
     }
 
 
@@ -489,13 +491,20 @@ class SparseMoE(nn.Module):
     its ``num_experts_per_tok`` best (softmax in float32, then top-k, renormalized when
     ``norm_topk_prob``), and only the experts some token chose run, each over its own tokens at
     once; every expert is a gated MLP holding its weights through weight methods (quantized
-    experts included). HF names: ``mlp.gate.weight``, ``mlp.experts.{i}.{gate,up,down}_proj``."""
+    experts included). HF names: ``mlp.gate.weight``, ``mlp.experts.{i}.{gate,up,down}_proj``.
+
+    Qwen3-Next and Qwen3.5-MoE add a shared expert every token goes through, scaled by
+    ``sigmoid(shared_expert_gate(x))`` (``mlp.shared_expert.*``, ``mlp.shared_expert_gate``)."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.gate = Linear(cfg.hidden_size, cfg.num_experts)
         self.experts = nn.ModuleList(GatedMLP(cfg, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+        self.shared_expert = self.shared_expert_gate = None
+        if cfg.shared_expert_intermediate_size:
+            self.shared_expert = GatedMLP(cfg, cfg.shared_expert_intermediate_size)
+            self.shared_expert_gate = Linear(cfg.hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self.gate(x), dim=-1, dtype=torch.float32)
@@ -517,6 +526,8 @@ class SparseMoE(nn.Module):
             start += count
             y = self.experts[expert](x.index_select(0, rows))
             out.index_add_(0, rows, y * weights.reshape(-1)[pairs, None])
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out
 
 
@@ -557,11 +568,18 @@ class DecoderModel(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """A dense decoder with its head: the model contract's ``forward(batch, kv) -> logits``.
-    Subclasses name ``model_type`` and ``config_class``."""
+    """A decoder with its head: the model contract's ``forward(batch, kv) -> logits``.
+    Subclasses name ``model_type`` and ``config_class``, and may change the decoder
+    (``decoder_class``: a module with ``embed_tokens``, ``norm`` and ``forward(batch, kv)``),
+    put it where a multimodal checkpoint keeps it (``wrapped``: at ``model.language_model``,
+    the head at ``lm_head``) and name checkpoint tensors to leave unread (``skip_prefixes``: a
+    vision tower, multi-token-prediction layers)."""
 
     model_type = "?"
     config_class: type = DecoderConfig
+    decoder_class: type = DecoderModel
+    wrapped = False
+    skip_prefixes: tuple[str, ...] = ()
 
     def __init__(
         self, cfg: DecoderConfig, *, dtype: torch.dtype, device: torch.device, plan: WeightPlan | None = None
@@ -570,12 +588,18 @@ class CausalLM(nn.Module):
         method (default: dense in ``dtype``)."""
         super().__init__()
         self.config = cfg
-        self.model = DecoderModel(cfg, dtype=dtype, device=device)
+        decoder = self.decoder_class(cfg, dtype=dtype, device=device)
+        if self.wrapped:
+            self.model = nn.Module()
+            self.model.language_model = decoder
+        else:
+            self.model = decoder
+        object.__setattr__(self, "decoder", decoder)  # a plain reference: its weights keep the names above
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         tied = {"lm_head"} if cfg.tie_word_embeddings else set()
         bind_weights(self, plan or DensePlan(dtype), device, skip=tied)
         if tied:
-            self.lm_head.share(self.model.embed_tokens)
+            self.lm_head.share(decoder.embed_tokens)
 
     @property
     def tied_names(self) -> set[str]:
@@ -590,6 +614,6 @@ class CausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, batch: Batch, kv: PagedKV) -> torch.Tensor:
         """One engine step; float32 logits ``[S, vocab]`` of the rows in ``batch.sample_indices``."""
-        h = self.model(batch, kv)
-        h = self.model.norm(h.index_select(0, batch.sample_indices))
+        h = self.decoder(batch, kv)
+        h = self.decoder.norm(h.index_select(0, batch.sample_indices))
         return self.lm_head(h).float()
