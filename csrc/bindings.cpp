@@ -208,17 +208,19 @@ PYBIND11_MODULE(_C, m) {
       "gated_delta_rule_cpu",
       [](uintptr_t out, uintptr_t states, uintptr_t qkv, uintptr_t g, uintptr_t beta, uintptr_t query_starts,
          uintptr_t slots, uintptr_t fresh, int64_t seqs, int64_t rows, int64_t key_heads, int64_t value_heads,
-         int64_t key_dim, int64_t value_dim, int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype) {
+         int64_t key_dim, int64_t value_dim, int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype,
+         bool value_heads_tiled) {
         helexa::gdn::gated_delta_rule_cpu(ptr<void>(out), ptr<float>(states), ptr<const void>(qkv),
                                           ptr<const float>(g), ptr<const float>(beta),
                                           ptr<const int64_t>(query_starts), ptr<const int64_t>(slots),
                                           ptr<const uint8_t>(fresh), seqs, rows, key_heads, value_heads, key_dim,
-                                          value_dim, num_slots, scale, chunked_min_len, dtype);
+                                          value_dim, num_slots, scale, chunked_min_len, dtype, value_heads_tiled);
       },
       py::arg("out"), py::arg("states"), py::arg("qkv"), py::arg("g"), py::arg("beta"), py::arg("query_starts"),
       py::arg("slots"), py::arg("fresh"), py::arg("seqs"), py::arg("rows"), py::arg("key_heads"),
       py::arg("value_heads"), py::arg("key_dim"), py::arg("value_dim"), py::arg("num_slots"), py::arg("scale"),
-      py::arg("chunked_min_len"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+      py::arg("chunked_min_len"), py::arg("dtype"), py::arg("value_heads_tiled") = false,
+      py::call_guard<py::gil_scoped_release>());
   m.def("qmatmul_workspace_bytes", &helexa::quant::qmatmul_workspace_bytes, py::arg("m"), py::arg("k"),
         py::arg("qtype"));
   m.def(

@@ -100,6 +100,7 @@ def gated_delta_rule_cpu(
     scale: float,
     chunked_min_len: int,
     dtype: DType,
+    value_heads_tiled: bool = False,
 ) -> None: ...
 def qmatmul_workspace_bytes(m: int, k: int, qtype: QuantType) -> int: ...
 def qmatmul_cpu(

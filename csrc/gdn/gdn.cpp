@@ -144,7 +144,8 @@ void causal_conv1d_cpu(void* y, float* conv_states, const void* x, const void* w
 void gated_delta_rule_cpu(void* out, float* states, const void* qkv, const float* g, const float* beta,
                           const int64_t* query_starts, const int64_t* slots, const uint8_t* fresh, int64_t seqs,
                           int64_t rows, int64_t key_heads, int64_t value_heads, int64_t key_dim, int64_t value_dim,
-                          int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype) {
+                          int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype,
+                          bool value_heads_tiled) {
   HELEXA_CHECK(key_heads > 0 && value_heads > 0, "bad head counts: key_heads=", key_heads,
                " value_heads=", value_heads);
   HELEXA_CHECK(value_heads % key_heads == 0, "value_heads (", value_heads, ") must be a multiple of key_heads (",
@@ -160,13 +161,15 @@ void gated_delta_rule_cpu(void* out, float* states, const void* qkv, const float
       });
   Kernels k = isa_kernels();
   if (key_dim % k.lanes != 0 || value_dim % k.lanes != 0) k = generic::kernels();
-  const RuleArgs args{out, states, qkv, g, beta, key_heads, value_heads, key_dim, value_dim, scale, dtype};
+  const RuleArgs args{out,     states,    qkv,       g,     beta,  key_heads, value_heads,
+                      key_dim, value_dim, scale, dtype, value_heads_tiled};
   // Work items: one value head of a sequence for the recurrence; for the chunked form, all the
-  // value heads of one key head (they share K K^T and Q K^T) unless that leaves threads idle.
+  // value heads of one key head (they share K K^T and Q K^T, and are neighbours unless tiled)
+  // unless that leaves threads idle.
   const int64_t group = value_heads / key_heads;
   int64_t long_spans = 0;
   for (const Span& s : spans) long_spans += s.len >= chunked_min_len ? 1 : 0;
-  const int64_t heads_per_item = long_spans * key_heads >= num_threads() ? group : 1;
+  const int64_t heads_per_item = !value_heads_tiled && long_spans * key_heads >= num_threads() ? group : 1;
   struct Item {
     const Span* span;
     int64_t head0, head1;

@@ -13,7 +13,8 @@
 //                  inputs (zeros if fresh) followed by the sequence's rows; the slot then holds the
 //                  last K-1 columns of u. x, y [rows, channels] in x's dtype; weight [channels, K] in
 //                  f32 or x's dtype; conv_states [num_slots, channels, K-1] f32. float32 sums.
-// gated_delta_rule: per sequence and value head h (key head h / (value_heads / key_heads)), with
+// gated_delta_rule: per sequence and value head h (key head h / (value_heads / key_heads), HF's
+//                  grouped order; h % key_heads with value_heads_tiled, llama.cpp's Qwen3.5 order), with
 //                  q, k l2-normalised (x / sqrt(sum x^2 + 1e-6)) and q scaled:
 //                      S <- exp(g_t) S;  u = beta_t (v_t - S^T k_t);  S <- S + k_t u^T;  o_t = S^T q_t
 //                  qkv [rows, 2 * key_heads * key_dim + value_heads * value_dim] ([Q | K | V], head
@@ -39,7 +40,8 @@ void causal_conv1d_cpu(void* y, float* conv_states, const void* x, const void* w
 void gated_delta_rule_cpu(void* out, float* states, const void* qkv, const float* g, const float* beta,
                           const int64_t* query_starts, const int64_t* slots, const uint8_t* fresh, int64_t seqs,
                           int64_t rows, int64_t key_heads, int64_t value_heads, int64_t key_dim, int64_t value_dim,
-                          int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype);
+                          int64_t num_slots, float scale, int64_t chunked_min_len, DType dtype,
+                          bool value_heads_tiled = false);
 
 constexpr int64_t kChunk = 64;          // tokens per chunk of the chunked form
 constexpr int64_t kMaxHeadDim = 256;    // key_dim and value_dim
@@ -77,6 +79,7 @@ struct RuleArgs {
   int64_t key_heads, value_heads, key_dim, value_dim;
   float scale;
   DType dtype;
+  bool tiled;  // value head h reads key head h % key_heads (else h / (value_heads / key_heads))
 };
 
 // One sequence's part of a call: rows [row0, row0 + len) of the flat inputs, state slot `slot`.

@@ -265,7 +265,7 @@ struct HeadView {
 
 inline HeadView head_view(const RuleArgs& a, const Span& s, int64_t h) {
   const int64_t dk = a.key_dim, dv = a.value_dim;
-  const int64_t kh = h / (a.value_heads / a.key_heads);
+  const int64_t kh = a.tiled ? h % a.key_heads : h / (a.value_heads / a.key_heads);
   HeadView hv;
   hv.state = a.states + (s.slot * a.value_heads + h) * dk * dv;
   hv.q = a.qkv;

@@ -258,6 +258,7 @@ def gated_delta_rule(
     value_dim: int,
     scale: float | None = None,
     mode: str = "auto",
+    value_heads_tiled: bool = False,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The gated delta rule over the conv output ``qkv`` ``[T, 2 * Hk * Dk + Hv * Dv]`` (rows laid out
@@ -265,7 +266,9 @@ def gated_delta_rule(
     the recurrent ``states`` float32 ``[N, Hv, Dk, Dv]`` (key rows, value columns), updated in place.
     ``scale`` defaults to ``Dk ** -0.5``. ``mode``: ``"recurrent"`` (the token recurrence),
     ``"chunked"`` (the chunked form, 64 tokens a chunk, for any length) or ``"auto"`` (chunked for
-    sequences of at least ``AUTO_CHUNKED_MIN_TOKENS`` rows). Returns ``o`` ``[T, Hv, Dv]`` in qkv's
+    sequences of at least ``AUTO_CHUNKED_MIN_TOKENS`` rows). Value head ``h`` reads key head
+    ``h // (Hv // Hk)`` (HF's grouped order), or ``h % Hk`` with ``value_heads_tiled`` (the order
+    llama.cpp's Qwen3.5 GGUF files keep the value heads in). Returns ``o`` ``[T, Hv, Dv]`` in qkv's
     dtype."""
     rows, heads = _rule_shapes(qkv, g, beta, states, key_heads, key_dim, value_dim)
     if mode == "auto":
@@ -295,6 +298,7 @@ def gated_delta_rule(
         float(key_dim**-0.5 if scale is None else scale),
         chunked_min_len,
         _DTYPES[qkv.dtype],
+        bool(value_heads_tiled),
     )
     return o
 
@@ -316,6 +320,7 @@ def gated_delta_rule_ref(
     key_dim: int,
     value_dim: int,
     scale: float | None = None,
+    value_heads_tiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 ``(o, new_states)`` by HF's ``torch_recurrent_gated_delta_rule`` (l2norm of q and k
     included), token by token; ``new_states`` is a float64 copy of the whole pool."""
@@ -324,8 +329,17 @@ def gated_delta_rule_ref(
     scale = key_dim**-0.5 if scale is None else scale
     kd = key_heads * key_dim
     x = qkv.double()
-    q = _l2norm(x[:, :kd].reshape(rows, key_heads, key_dim)).repeat_interleave(group, dim=1) * scale
-    k = _l2norm(x[:, kd : 2 * kd].reshape(rows, key_heads, key_dim)).repeat_interleave(group, dim=1)
+    if value_heads_tiled:  # value head h reads key head h % Hk
+
+        def spread(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat(1, group, 1)
+    else:  # HF's repeat_interleave: h // group
+
+        def spread(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat_interleave(group, dim=1)
+
+    q = spread(_l2norm(x[:, :kd].reshape(rows, key_heads, key_dim))) * scale
+    k = spread(_l2norm(x[:, kd : 2 * kd].reshape(rows, key_heads, key_dim)))
     v = x[:, 2 * kd :].reshape(rows, heads, value_dim)
     decay, b = g.double().exp(), beta.double()
     new_states = states.double().clone()

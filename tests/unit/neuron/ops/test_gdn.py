@@ -245,6 +245,54 @@ def test_head_layouts(isa, mode, hk, hv, dk, dv):
     Rule(16 + hv + dk, [70, 1, 9], hk=hk, hv=hv, dk=dk, dv=dv).check(mode)
 
 
+@pytest.mark.parametrize("mode", ["recurrent", "chunked"])
+@pytest.mark.parametrize(("hk", "hv"), [(2, 4), (2, 8), (3, 3)])
+def test_tiled_value_heads_are_the_grouped_ones_in_llama_cpps_order(isa, mode, hk, hv):
+    """With value_heads_tiled, value head h reads key head h % Hk: the grouped case with its value
+    heads (V, g, beta, state, output) moved to tiled order gives the same numbers, and the
+    reference agrees."""
+    case = Rule(31 + hv, [70, 1, 9], hk=hk, hv=hv, dk=32, dv=32)
+    r = hv // hk
+    grouped_of = torch.tensor([(h % hk) * r + h // hk for h in range(hv)])  # tiled h holds grouped grouped_of[h]
+    qk = 2 * hk * case.dk
+    v = case.qkv[:, qk:].reshape(-1, hv, case.dv)[:, grouped_of].reshape(case.qkv.shape[0], -1)
+    qkv = torch.cat([case.qkv[:, :qk], v], dim=1).contiguous()
+    g, beta = case.g[:, grouped_of].contiguous(), case.beta[:, grouped_of].contiguous()
+    states = case.states[:, grouped_of].contiguous()
+    out = torch.full((qkv.shape[0], hv, case.dv), float("nan"))
+    args = (qkv, g, beta, states, case.starts, case.slots, case.fresh)
+    got = ops.gated_delta_rule(*args, mode=mode, value_heads_tiled=True, out=out, **case.kwargs())
+    want, want_states = case.ref()
+    assert rel_rms(got, want[:, grouped_of]) < TOL_OUT[torch.float32]
+    used = case.slots.tolist()
+    assert rel_rms(states[used], want_states[used][:, grouped_of]) < TOL_STATE
+    ref, _ = ops.gated_delta_rule_ref(
+        qkv,
+        g,
+        beta,
+        case.states[:, grouped_of],
+        case.starts,
+        case.slots,
+        case.fresh,
+        value_heads_tiled=True,
+        **case.kwargs(),
+    )
+    assert rel_rms(got, ref) < TOL_OUT[torch.float32]
+    if hv != hk:  # the flag matters
+        plain = ops.gated_delta_rule(
+            qkv,
+            g,
+            beta,
+            case.states[:, grouped_of].contiguous(),
+            case.starts,
+            case.slots,
+            case.fresh,
+            mode=mode,
+            **case.kwargs(),
+        )
+        assert rel_rms(plain, ref) > 1e-2
+
+
 def test_the_model_shapes_in_bfloat16(isa):
     """Qwen3-Next's linear attention: 16 key heads, 32 value heads, 128 x 128."""
     case = Rule(17, [1, 66], hk=16, hv=32, dk=128, dv=128, dtype=torch.bfloat16)
