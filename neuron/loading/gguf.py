@@ -6,13 +6,37 @@ A model id whose folder holds ``.gguf`` files is a GGUF model; ``quant`` picks t
 file-type label (``Qwen3-8B-Q4_K_M.gguf``: case-insensitive, an exact label before a substring;
 several candidates are a 400 listing them). Split files (``-00001-of-00003.gguf``) are one model.
 Architectures: ``qwen3``, ``qwen2`` (Qwen2.5) and ``llama`` (Llama 3.x: q/k rows un-permuted,
-``rope_freqs`` as the RoPE frequency divisors).
+``rope_freqs`` as the RoPE frequency divisors), ``qwen3moe``, and the hybrids ``qwen3next``
+(Qwen3-Next), ``qwen35`` and ``qwen35moe`` (Qwen3.5 dense and MoE).
+
+The hybrids are stored as llama.cpp's converter writes them (``conversion/qwen.py``:
+``Qwen3NextModel``, ``_LinearAttentionVReorderBase``), and each conversion is undone on the way in:
+
+- every ``*norm.weight`` but the DeltaNet output's (``ssm_norm``) holds ``1 + w`` (the norms are
+  zero-centred, ``x · (1 + w)``): read back as ``w``; ``ssm_a`` holds ``-exp(A_log)``;
+  ``ssm_conv1d`` is squeezed to ``[channels, kernel]``; ``dt_bias`` is ``ssm_dt.bias``;
+- Qwen3-Next's ``in_proj_qkvz`` is split into ``attn_qkv`` (q | k | v) and ``attn_gate`` (z),
+  ``in_proj_ba`` kept as ``ssm_ba`` (grouped per key head): read as Qwen3.5's separate
+  ``in_proj_qkv`` / ``in_proj_z`` / ``in_proj_b`` / ``in_proj_a`` (rows picked out, so ggml
+  blocks stay as they are) and the config says ``grouped_qkvz = false``; a legacy ``ssm_in``
+  (``in_proj_qkvz`` as HF has it) is split the same way;
+- Qwen3.5 tiles the value heads over the key heads (stored head ``j·n_k + g`` is HF's
+  ``g·r + j``) in the V rows of ``attn_qkv`` and the conv, in ``attn_gate``, ``ssm_beta``,
+  ``ssm_alpha``, ``ssm_a``, ``ssm_dt`` and the columns of ``ssm_out``. These are read as they are
+  stored, and the config says ``value_heads_tiled = true``: the model's DeltaNet then pairs value
+  head ``h`` with key head ``h % n_k`` (every other op is per value head and follows the order),
+  so no matrix is moved or dequantized (``ssm_out``'s columns could not be moved inside K-quant
+  blocks, which span two heads);
+- a full-attention ``attn_q`` holds the query and its gate interleaved per head, as HF's
+  ``q_proj``; MTP blocks past ``nextn_predict_layers`` are named ``mtp.…`` and left unread.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +45,9 @@ import numpy as np
 import torch
 
 from neuron.models import BadCheckpoint, BadQuant, UnsupportedModel
+from neuron.models.hybrid import FULL, LINEAR, grouped_qkvz_order
 from neuron.models.methods import Dense, Method, Quant, Weight
-from neuron.ops.quant import GGML_TYPE_IDS, QuantTensor
+from neuron.ops.quant import GGML_TYPE_IDS, QuantTensor, dequantize
 
 # llama.cpp's tensor names -> HF names: the whole model, then one layer's (``blk.N.``)
 GLOBAL_NAMES = {
@@ -53,13 +78,46 @@ EXPERT_NAMES = {
     "ffn_up_exps.weight": "up_proj",
     "ffn_down_exps.weight": "down_proj",
 }
+# an MoE layer's experts with gate and up fused ([experts, 2 * rows, cols], gate first)
+FUSED_EXPERT_NAMES = {"ffn_gate_up_exps.weight": ("gate_proj", "up_proj")}
+# the hybrids' layer tensors beyond LAYER_NAMES (Qwen3-Next's ssm_ba and a legacy ssm_in are
+# split apart, and a full-attention layer's attn_qkv is q | k | v fused: see GgufSource)
+HYBRID_LAYER_NAMES = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "attn_qkv.weight": "linear_attn.in_proj_qkv.weight",
+    "attn_gate.weight": "linear_attn.in_proj_z.weight",
+    "ssm_beta.weight": "linear_attn.in_proj_b.weight",
+    "ssm_alpha.weight": "linear_attn.in_proj_a.weight",
+    "ssm_conv1d.weight": "linear_attn.conv1d.weight",
+    "ssm_dt.bias": "linear_attn.dt_bias",
+    "ssm_a": "linear_attn.A_log",
+    "ssm_norm.weight": "linear_attn.norm.weight",
+    "ssm_out.weight": "linear_attn.out_proj.weight",
+    "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight",
+    "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
+    "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
+    "ffn_down_shexp.weight": "mlp.shared_expert.down_proj.weight",
+}
 # general.architecture -> HF names
 HF_MODEL_TYPES = {
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "llama": ("LlamaForCausalLM", "llama"),
     "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3_moe"),
+    "qwen3next": ("Qwen3NextForCausalLM", "qwen3_next"),
+    "qwen35": ("Qwen3_5ForCausalLM", "qwen3_5_text"),
+    "qwen35moe": ("Qwen3_5MoeForCausalLM", "qwen3_5_moe_text"),
 }
+HYBRID_ARCHS = ("qwen3next", "qwen35", "qwen35moe")
+# model_type -> general.architecture, for the export (a multimodal Qwen3.5 exports its text side)
+GGUF_ARCHS = {
+    **{model_type: arch for arch, (_, model_type) in HF_MODEL_TYPES.items()},
+    "qwen3_5": "qwen35",
+    "qwen3_5_moe": "qwen35moe",
+}
+# the tensors llama.cpp keeps in float32 whatever the file type (its converter and llama-quant):
+# 1-D tensors and norms besides these
+FLOAT32_MATRICES = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight")
 # llama.cpp stores Llama's q and k rows interleaved per head (its RoPE pairs neighbours; HF's
 # pairs halves): these rows are permuted on the way in and out
 PERMUTED = {"self_attn.q_proj.weight": "attention.head_count", "self_attn.k_proj.weight": "attention.head_count_kv"}
@@ -147,11 +205,85 @@ def gguf_files(model_dir: Path, quant: str | None, *, beside_safetensors: bool =
 
 
 @dataclass(frozen=True)
+class DeltaNetLayout:
+    """Where llama.cpp keeps a gated DeltaNet layer's rows (Qwen3-Next, Qwen3.5): the head counts
+    and sizes, and whether the value heads are tiled over the key heads (Qwen3.5: stored head
+    ``j·n_k + g`` is HF's ``g·r + j``, ``r = value_heads / key_heads``) or grouped as HF has them
+    (Qwen3-Next). The export takes its row orders from here; the reader keeps the stored order."""
+
+    key_heads: int
+    value_heads: int
+    key_dim: int
+    value_dim: int
+    tiled: bool
+
+    @property
+    def qk_rows(self) -> int:
+        return 2 * self.key_heads * self.key_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.qk_rows + self.value_heads * self.value_dim
+
+    def stored_order(self, width: int) -> torch.Tensor | None:
+        """For each stored row of a block of ``value_heads × width`` rows, the HF row it holds;
+        None when the orders agree (nothing to move)."""
+        if not self.tiled or self.key_heads == self.value_heads:
+            return None
+        r = self.value_heads // self.key_heads
+        rows = torch.arange(self.value_heads * width).reshape(self.key_heads, r, width)
+        return rows.transpose(0, 1).reshape(-1)
+
+    def qkv_order(self) -> torch.Tensor | None:
+        """:meth:`stored_order` of the q | k | v rows (and conv channels): q and k stay, the V rows move."""
+        v = self.stored_order(self.value_dim)
+        return None if v is None else torch.cat([torch.arange(self.qk_rows), self.qk_rows + v])
+
+    def grouped_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Qwen3-Next's grouped projections: the rows of ``in_proj_qkvz`` that are q | k | v and
+        z, and the rows of ``in_proj_ba`` that are b and a (llama.cpp's ``attn_qkv``,
+        ``attn_gate``, and ``ssm_ba``'s halves)."""
+        order = grouped_qkvz_order(self.key_heads, self.value_heads, self.key_dim, self.value_dim)
+        qkvz = self.conv_dim + self.value_heads * self.value_dim
+        hv = self.value_heads
+        b, a = order[qkvz : qkvz + hv] - qkvz, order[qkvz + hv :] - qkvz
+        return order[: self.conv_dim], order[self.conv_dim : qkvz], b, a
+
+
+def _decimal(value: float) -> float:
+    """A float32 metadata value as the decimal it was written from (``1e-06``, not
+    ``9.99999997e-07``): the shortest one that rounds to the same float32."""
+    return float(str(np.float32(value)))
+
+
+def _minus_one(w: torch.Tensor) -> torch.Tensor:
+    """A zero-centred norm's weight from llama.cpp's (which holds ``1 + w``)."""
+    return w.float() - 1.0
+
+
+def _a_log(ssm_a: torch.Tensor) -> torch.Tensor:
+    """``A_log`` from llama.cpp's ``ssm_a = -exp(A_log)``."""
+    return torch.log(-ssm_a.float())
+
+
+def _conv_taps(w: torch.Tensor) -> torch.Tensor:
+    """HF's ``[channels, 1, kernel]`` conv weight from llama.cpp's squeezed ``[channels, kernel]``."""
+    return w.unsqueeze(1)
+
+
+@dataclass(frozen=True)
 class _Tensor:
+    """One HF tensor as the file holds it: a stored tensor (or one expert's slice of it), the
+    stored rows it takes (HF order; None: all, as they are) and the conversion of its values back
+    to HF's."""
+
     name: str  # llama.cpp's
     ggml_type: int
-    shape: tuple[int, int] | tuple[int]  # HF order (rows, cols)
+    shape: tuple[int, ...]  # the HF tensor's
     data: np.ndarray
+    stored: tuple[int, ...]  # the stored tensor's shape, HF order (rows, cols)
+    rows: torch.Tensor | None = None
+    fix: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class GgufSource:
@@ -164,27 +296,146 @@ class GgufSource:
         self.fields: dict[str, Any] = {}
         self.tensors: dict[str, _Tensor] = {}
         self.rope_freqs: np.ndarray | None = None
+        readers = []
         for path in paths:
             try:
                 reader = GGUFReader(path)
             except (OSError, ValueError, KeyError, IndexError) as exc:
                 raise BadCheckpoint(f"{path.name} is not a readable GGUF file: {exc}") from None
+            readers.append(reader)
             for key, field in reader.fields.items():
                 if not key.startswith("GGUF.") and key not in self.fields:
                     self.fields[key] = field
+        arch = self.architecture
+        self.hybrid = arch in HYBRID_ARCHS
+        self.num_layers = int(self.value(f"{arch}.block_count") or 0) - int(
+            self.value(f"{arch}.nextn_predict_layers") or 0
+        )
+        self._layer_kinds = self._layer_types(arch) if self.hybrid else []
+        self._deltanet: DeltaNetLayout | None = None
+        for reader in readers:
             for t in reader.tensors:
-                if t.name == ROPE_FREQS:
-                    self.rope_freqs = np.array(t.data, dtype=np.float32).reshape(-1)
+                self._add(t)
+
+    def _add(self, t) -> None:
+        """Files one stored tensor under its HF name(s)."""
+        if t.name == ROPE_FREQS:
+            self.rope_freqs = np.array(t.data, dtype=np.float32).reshape(-1)
+            return
+        dims = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne[0] is the row length
+        kind = int(t.tensor_type)
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
+        if m and self.hybrid and int(m.group(1)) >= self.num_layers:  # a multi-token-prediction block
+            self.tensors[f"mtp.{t.name}"] = _Tensor(t.name, kind, dims, t.data, dims)
+            return
+        if m and len(dims) == 3 and m.group(2) in (*EXPERT_NAMES, *FUSED_EXPERT_NAMES):  # one HF tensor per expert
+            per_expert = np.asarray(t.data).reshape(dims[0], -1)
+            prefix = f"model.layers.{m.group(1)}.mlp.experts"
+            for e in range(dims[0]):
+                if m.group(2) in EXPERT_NAMES:
+                    name = f"{prefix}.{e}.{EXPERT_NAMES[m.group(2)]}.weight"
+                    self.tensors[name] = _Tensor(t.name, kind, dims[1:], per_expert[e], dims[1:])
                     continue
-                dims = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne[0] is the row length
-                m = re.fullmatch(r"blk\.(\d+)\.(.+)", t.name)
-                if m and m.group(2) in EXPERT_NAMES and len(dims) == 3:  # one HF tensor per expert
-                    per_expert = np.asarray(t.data).reshape(dims[0], -1)
-                    for e in range(dims[0]):
-                        name = f"model.layers.{m.group(1)}.mlp.experts.{e}.{EXPERT_NAMES[m.group(2)]}.weight"
-                        self.tensors[name] = _Tensor(t.name, int(t.tensor_type), dims[1:], per_expert[e])
-                    continue
-                self.tensors[hf_name(t.name)] = _Tensor(t.name, int(t.tensor_type), dims, t.data)
+                half = dims[1] // 2
+                for i, proj in enumerate(FUSED_EXPERT_NAMES[m.group(2)]):
+                    rows = torch.arange(i * half, (i + 1) * half)
+                    view = _Tensor(t.name, kind, (half, dims[2]), per_expert[e], dims[1:], rows=rows)
+                    self.tensors[f"{prefix}.{e}.{proj}.weight"] = view
+            return
+        if m and self.hybrid:
+            views = self._hybrid_views(int(m.group(1)), m.group(2), kind, dims, t)
+            if views:
+                self.tensors.update(views)
+                return
+        name = hf_name(t.name)
+        fix = None
+        if self.hybrid and name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
+            fix = _minus_one  # llama.cpp folds the 1 of the zero-centred norms in
+        self.tensors[name] = _Tensor(t.name, kind, dims, t.data, dims, fix=fix)
+
+    def _hybrid_views(self, layer: int, short: str, kind: int, dims: tuple[int, ...], t) -> dict[str, _Tensor]:
+        """The HF tensors one stored tensor of a hybrid's layer holds (empty: the plain name map)."""
+        prefix = f"model.layers.{layer}."
+        full = layer < len(self._layer_kinds) and self._layer_kinds[layer] == FULL
+
+        def view(hf: str, shape: tuple[int, ...], **kw) -> tuple[str, _Tensor]:
+            return prefix + hf, _Tensor(t.name, kind, shape, t.data, dims, **kw)
+
+        rows_of = dims[0]
+        if short == "attn_qkv.weight" and full:  # q (with its gate) | k | v fused
+            kv = int(self.value(f"{self.architecture}.attention.head_count_kv")) * self._head_dim()
+            q = rows_of - 2 * kv
+            spans = (("q_proj", 0, q), ("k_proj", q, kv), ("v_proj", q + kv, kv))
+            return dict(
+                view(f"self_attn.{p}.weight", (n, dims[1]), rows=torch.arange(first, first + n))
+                for p, first, n in spans
+            )
+        if short not in HYBRID_LAYER_NAMES and short not in ("ssm_ba.weight", "ssm_in.weight"):
+            return {}
+        if short == "post_attention_norm.weight":
+            return dict([view(HYBRID_LAYER_NAMES[short], dims, fix=_minus_one)])
+        if short.startswith("ffn_"):
+            if short == "ffn_gate_inp_shexp.weight":  # [hidden], or [1, hidden]: HF's Linear(hidden, 1)
+                hidden = dims[-1]
+                return {prefix + HYBRID_LAYER_NAMES[short]: _Tensor(t.name, kind, (1, hidden), t.data, (1, hidden))}
+            return dict([view(HYBRID_LAYER_NAMES[short], dims)])
+        net = self.deltanet
+        hv, dv = net.value_heads, net.value_dim
+        if short == "ssm_ba.weight":  # Qwen3-Next: per key head, b then a of its value heads
+            _, _, b, a = net.grouped_rows()
+            return dict(
+                [
+                    view("linear_attn.in_proj_b.weight", (hv, dims[1]), rows=b),
+                    view("linear_attn.in_proj_a.weight", (hv, dims[1]), rows=a),
+                ]
+            )
+        if short == "ssm_in.weight":  # a legacy Qwen3-Next file: in_proj_qkvz as HF has it
+            qkv, z, _, _ = net.grouped_rows()
+            return dict(
+                [
+                    view("linear_attn.in_proj_qkv.weight", (net.conv_dim, dims[1]), rows=qkv),
+                    view("linear_attn.in_proj_z.weight", (hv * dv, dims[1]), rows=z),
+                ]
+            )
+        hf = HYBRID_LAYER_NAMES[short]  # Qwen3.5's tiled value heads stay as stored (see the module doc)
+        if short == "ssm_conv1d.weight":
+            return dict([view(hf, (dims[0], 1, dims[1]), fix=_conv_taps)])
+        if short == "ssm_a":
+            return dict([view(hf, dims, fix=_a_log)])
+        return dict([view(hf, dims)])
+
+    def _head_dim(self) -> int:
+        arch = self.architecture
+        heads = int(self.value(f"{arch}.attention.head_count") or 1)
+        return int(self.value(f"{arch}.attention.key_length") or int(self.value(f"{arch}.embedding_length")) // heads)
+
+    @property
+    def deltanet(self) -> DeltaNetLayout:
+        """The gated DeltaNet layers' layout, from the ``ssm.*`` metadata."""
+        if self._deltanet is None:
+            arch = self.architecture
+            keys = ("group_count", "time_step_rank", "state_size", "inner_size")
+            values = [self.value(f"{arch}.ssm.{k}") for k in keys]
+            missing = [k for k, v in zip(keys, values, strict=True) if v is None]
+            if missing:
+                raise BadCheckpoint(f"the GGUF metadata lacks {', '.join(f'{arch}.ssm.{k}' for k in missing)}")
+            key_heads, value_heads, state, inner = (int(v) for v in values)
+            if not key_heads or not value_heads or value_heads % key_heads or inner % value_heads:
+                raise BadCheckpoint(
+                    f"the GGUF metadata's DeltaNet heads do not fit: {key_heads} key heads, {value_heads} value "
+                    f"heads, inner size {inner}"
+                )
+            self._deltanet = DeltaNetLayout(key_heads, value_heads, state, inner // value_heads, arch != "qwen3next")
+        return self._deltanet
+
+    def _layer_types(self, arch: str) -> list[str]:
+        """Each layer's kind as llama.cpp decides it: ``attention.recurrent_layers`` if the file
+        has it, else every ``full_attention_interval``-th layer (4 by default) full attention."""
+        recurrent = self.value(f"{arch}.attention.recurrent_layers")
+        if recurrent is not None:
+            return [LINEAR if bool(r) else FULL for r in list(recurrent)[: self.num_layers]]
+        interval = int(self.value(f"{arch}.full_attention_interval") or 4)
+        return [FULL if (i + 1) % interval == 0 else LINEAR for i in range(self.num_layers)]
 
     def value(self, key: str, default: Any = None) -> Any:
         field = self.fields.get(key)
@@ -203,8 +454,15 @@ class GgufSource:
         return self.tensors[name].shape
 
     def qtype(self, name: str) -> str | None:
-        """The block type of a quantized tensor; None for a float one."""
+        """The block type of a quantized tensor; None for a float one, or for one read
+        dequantized (its values need converting)."""
         t = self.tensors[name]
+        qtype = self._stored_qtype(t)
+        if qtype is None or t.fix is not None:
+            return None
+        return qtype
+
+    def _stored_qtype(self, t: _Tensor) -> str | None:
         if t.ggml_type in FLOAT_TYPES:
             return None
         if t.ggml_type not in QTYPE_OF_GGML:
@@ -226,20 +484,33 @@ class GgufSource:
 
     def _read(self, name: str) -> Weight:
         t = self.tensors[name]
-        qtype = self.qtype(name)
-        if qtype is None:
+        stored = self._stored_qtype(t)
+        rows = t.rows
+        if stored is None:
             raw = t.data
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 if t.ggml_type == 30:  # bf16: numpy has no such dtype; the reader hands out the bits
-                    tensor = torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
+                    values = torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
                 else:
-                    tensor = torch.from_numpy(np.ascontiguousarray(raw))
-            return tensor.reshape(t.shape)
-        with warnings.catch_warnings():  # the mapping is read-only, and nothing writes to it
-            warnings.simplefilter("ignore", UserWarning)
-            data = torch.from_numpy(np.ascontiguousarray(t.data).reshape(-1).view(np.uint8))
-        return QuantTensor(data, qtype, t.shape)  # type: ignore[arg-type]
+                    values = torch.from_numpy(np.ascontiguousarray(raw))
+            values = values.reshape(t.stored)
+        else:
+            with warnings.catch_warnings():  # the mapping is read-only, and nothing writes to it
+                warnings.simplefilter("ignore", UserWarning)
+                data = torch.from_numpy(np.ascontiguousarray(t.data).reshape(-1).view(np.uint8))
+            blocks = QuantTensor(data, stored, t.stored)  # type: ignore[arg-type]
+            if rows is not None:  # whole rows of blocks move as they are
+                blocks = _take_rows(blocks, rows)
+                rows = None
+            if self.qtype(name) is not None:
+                return blocks
+            values = dequantize(blocks, torch.float32)
+        if rows is not None:
+            values = values.index_select(0, rows)
+        if t.fix is not None:
+            values = t.fix(values)
+        return values.reshape(t.shape)
 
     def close(self) -> None:
         self.tensors.clear()
@@ -264,38 +535,70 @@ class GgufSource:
         if embed is None:
             raise BadCheckpoint("the GGUF file has no token_embd.weight")
         hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
-        return {
+        need("block_count")
+        moe = bool(self.value(f"{arch}.expert_count"))
+        # a MoE's dense MLP width may be absent (Qwen3.5-MoE has none)
+        ffn = int(self.value(f"{arch}.feed_forward_length") or 0) if moe else int(need("feed_forward_length"))
+        head_dim = int(self.value(f"{arch}.attention.key_length", hidden // heads))
+        cfg = {
             "architectures": [cls],
             "model_type": model_type,
             "vocab_size": embed.shape[0],
             "hidden_size": hidden,
-            "intermediate_size": int(need("feed_forward_length")),
-            "num_hidden_layers": int(need("block_count")),
+            "intermediate_size": ffn,
+            "num_hidden_layers": self.num_layers,
             "num_attention_heads": heads,
             "num_key_value_heads": int(self.value(f"{arch}.attention.head_count_kv", heads)),
-            "head_dim": int(self.value(f"{arch}.attention.key_length", hidden // heads)),
+            "head_dim": head_dim,
             "max_position_embeddings": int(self.value(f"{arch}.context_length", 4096)),
-            "rms_norm_eps": float(self.value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-            "rope_theta": float(self.value(f"{arch}.rope.freq_base", 10000.0)),
+            "rms_norm_eps": _decimal(self.value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+            "rope_theta": _decimal(self.value(f"{arch}.rope.freq_base", 10000.0)),
             "tie_word_embeddings": "lm_head.weight" not in self.tensors,
             "rope_freq_factors": self.rope_freqs.tolist() if self.rope_freqs is not None else None,
             **self._moe_config(arch),
         }
+        if self.hybrid:
+            cfg.update(self._hybrid_config(arch, head_dim))
+        return cfg
+
+    def _hybrid_config(self, arch: str, head_dim: int) -> dict[str, Any]:
+        net = self.deltanet
+        conv = self.value(f"{arch}.ssm.conv_kernel")
+        if conv is None:
+            raise BadCheckpoint(f"the GGUF metadata lacks {arch}.ssm.conv_kernel")
+        rotary = int(self.value(f"{arch}.rope.dimension_count", head_dim))
+        factor = rotary / head_dim
+        while int(head_dim * factor) < rotary:  # so that HF's int(head_dim * factor) gives it back
+            factor = math.nextafter(factor, math.inf)
+        cfg = {
+            "layer_types": list(self._layer_kinds),
+            "linear_num_key_heads": net.key_heads,
+            "linear_num_value_heads": net.value_heads,
+            "linear_key_head_dim": net.key_dim,
+            "linear_value_head_dim": net.value_dim,
+            "linear_conv_kernel_dim": int(conv),
+            "partial_rotary_factor": factor,
+        }
+        if arch == "qwen3next":
+            cfg["grouped_qkvz"] = False  # the file keeps q | k | v, z, b and a apart (see the module doc)
+        if net.tiled and net.key_heads != net.value_heads:
+            cfg["value_heads_tiled"] = True  # read as stored (see the module doc)
+        return cfg
 
     def _moe_config(self, arch: str) -> dict[str, Any]:
         experts = self.value(f"{arch}.expert_count")
         if not experts:
             return {}
+        shared = self.value(f"{arch}.expert_shared_feed_forward_length")
         return {
             "num_experts": int(experts),
             "num_experts_per_tok": int(self.value(f"{arch}.expert_used_count") or 1),
             "moe_intermediate_size": int(self.value(f"{arch}.expert_feed_forward_length") or 0),
-            "norm_topk_prob": True,  # llama.cpp renormalizes the top-k weights of qwen3moe
+            "norm_topk_prob": True,  # llama.cpp renormalizes the top-k weights of qwen3moe and the hybrids
+            "shared_expert_intermediate_size": int(shared) if shared else 0,
             # the layers without a router are dense (llama.cpp has no key for it: the tensors say)
             "mlp_only_layers": [
-                i
-                for i in range(int(self.value(f"{arch}.block_count") or 0))
-                if f"model.layers.{i}.mlp.gate.weight" not in self.tensors
+                i for i in range(self.num_layers) if f"model.layers.{i}.mlp.gate.weight" not in self.tensors
             ],
         }
 
@@ -330,9 +633,14 @@ def permute_rows(weight: Weight, heads: int, *, inverse: bool = False) -> Weight
     ggml_of_hf = (h * dim + 2 * i + j).reshape(-1)  # for each HF row, where llama.cpp keeps it
     order = ggml_of_hf if inverse else torch.argsort(ggml_of_hf)
     if isinstance(weight, QuantTensor):
-        data = weight.data.view(rows, weight.row_bytes).index_select(0, order).reshape(-1)
-        return QuantTensor(data, weight.qtype, weight.shape)
+        return _take_rows(weight, order)
     return weight.index_select(0, order)
+
+
+def _take_rows(weight: QuantTensor, rows: torch.Tensor) -> QuantTensor:
+    """The rows ``rows`` of ggml blocks, in that order (a row's blocks are its own: they move whole)."""
+    data = weight.data.view(weight.shape[0], weight.row_bytes).index_select(0, rows).reshape(-1)
+    return QuantTensor(data, weight.qtype, (rows.numel(), weight.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -357,6 +665,10 @@ PRE_TOKENIZERS: dict[str, str | None] = {
     "llama-bpe": (
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
         r"|\s+(?!\S)|\s+"
+    ),
+    "qwen35": (  # Qwen3.5: letters with their combining marks
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
     ),
 }
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types that are added tokens
@@ -413,4 +725,4 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
         for name, regex in PRE_TOKENIZERS.items():
             if regex is not None and regex == pattern:
                 return name
-    raise UnsupportedModel("the tokenizer's pre-tokenizer has no GGUF equivalent (gpt-2, qwen2 or llama-bpe)")
+    raise UnsupportedModel("the tokenizer's pre-tokenizer has no GGUF equivalent (gpt-2, qwen2, llama-bpe or qwen35)")

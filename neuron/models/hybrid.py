@@ -56,6 +56,9 @@ class HybridConfig(DecoderConfig, kw_only=True, frozen=True):
     linear_conv_kernel_dim: int = 4
     partial_rotary_factor: float = 1.0
     grouped_qkvz: bool = False  # Qwen3-Next: in_proj_qkvz / in_proj_ba, their rows grouped per key head
+    # the value heads in llama.cpp's Qwen3.5 order (value head h reads key head h % key heads), as a
+    # GGUF file keeps them: its tensors are used as they are stored (a config from a GGUF file says so)
+    value_heads_tiled: bool = False
 
     @property
     def rotary_dim(self) -> int:
@@ -102,6 +105,7 @@ def parse_hybrid_config(
             "linear_conv_kernel_dim": int(raw.get("linear_conv_kernel_dim", 4)),
             "partial_rotary_factor": float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))),
             "grouped_qkvz": grouped_qkvz,
+            "value_heads_tiled": bool(raw.get("value_heads_tiled", False)),
         }
     except KeyError as exc:
         raise BadCheckpoint(f"config.json lacks {exc.args[0]!r}") from None
@@ -220,6 +224,7 @@ class GatedDeltaNet(nn.Module):
         self.state_layer = state_layer
         self.key_heads, self.value_heads = cfg.linear_num_key_heads, cfg.linear_num_value_heads
         self.key_head_dim, self.value_head_dim = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        self.value_heads_tiled = cfg.value_heads_tiled
         self.key_dim = self.key_heads * self.key_head_dim
         self.value_dim = self.value_heads * self.value_head_dim
         self.conv_dim = 2 * self.key_dim + self.value_dim
@@ -267,6 +272,7 @@ class GatedDeltaNet(nn.Module):
             key_heads=self.key_heads,
             key_dim=self.key_head_dim,
             value_dim=self.value_head_dim,
+            value_heads_tiled=self.value_heads_tiled,
         )
         o = self.norm(o, z.reshape(t, hv, self.value_head_dim))
         return self.out_proj(o.reshape(t, self.value_dim))

@@ -2,10 +2,13 @@
 GGUF file from ``neuron quantize`` loads in llama.cpp with the same tokenization, and on the same
 file our logits match llama.cpp's: exactly (within float32 noise) for float32 weights, for each
 architecture — which checks names, norms, GQA, Llama's permuted q/k rows and its RoPE
-frequency divisors — and within the two engines' own int8-activation noise at Q8_0."""
+frequency divisors; for the hybrids (qwen3next, qwen35, qwen35moe) the zero-centred norms, ssm_a,
+the conv taps, Qwen3-Next's split projections and Qwen3.5's tiled value heads — and within the
+two engines' own int8-activation noise at Q8_0."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +73,53 @@ def write_hf(out: Path, arch: str) -> Path:
     return write_model_dir(out, tok, cfg, weights, template=demo_template())
 
 
+HYBRID_COMMON = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,  # Qwen3.5 tiles them in the file
+    linear_key_head_dim=64,  # llama.cpp sizes both DeltaNet heads by ssm.state_size
+    linear_value_head_dim=64,
+    max_position_embeddings=512,
+)
+HYBRID_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128, shared_expert_intermediate_size=256)
+
+
+def write_hybrid(out: Path, arch: str) -> Path:
+    """A tiny random hybrid built by transformers (norms, gates and decays away from their
+    defaults), in HF layout with a trained tokenizer."""
+    import transformers
+
+    tok = train_tokenizer(demo_text())
+    vocab = (tok.get_vocab_size() + 255) // 256 * 256
+    if arch == "qwen3_next":
+        config = transformers.Qwen3NextConfig(vocab_size=vocab, **HYBRID_COMMON, **HYBRID_MOE)
+        model_cls = transformers.Qwen3NextForCausalLM
+    elif arch == "qwen3_5":
+        config = transformers.Qwen3_5TextConfig(vocab_size=vocab, **HYBRID_COMMON)
+        model_cls = transformers.Qwen3_5ForCausalLM
+    else:
+        config = transformers.Qwen3_5MoeTextConfig(vocab_size=vocab, **HYBRID_COMMON, **HYBRID_MOE)
+        model_cls = transformers.Qwen3_5MoeForCausalLM
+    torch.manual_seed(2)
+    hf = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5) if "linear_attn.norm" not in name else p.uniform_(0.5, 1.5)
+            elif name.endswith(("A_log", "dt_bias")):
+                p.uniform_(-1.0, 1.0)
+            elif "experts" in name or "mlp.gate" in name or "shared_expert" in name:
+                p.normal_(0, 0.08)
+    hf.save_pretrained(out)
+    cfg = json.loads((out / "config.json").read_text())
+    return write_model_dir(out, tok, cfg, None, template=demo_template())
+
+
 def as_float32(src: Path, dst: Path) -> Path:
     """The same GGUF file with every tensor dequantized to F32 (written with gguf's writer)."""
     reader = gguf.GGUFReader(src)
@@ -126,9 +176,13 @@ def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p.exp() * (p - q)).sum(-1)
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama", "qwen3_moe"])
+HYBRIDS = ("qwen3_next", "qwen3_5", "qwen3_5_moe")
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama", "qwen3_moe", *HYBRIDS])
 def test_our_gguf_loads_in_llama_cpp_and_both_compute_the_same_model(arch, tmp_path):
-    quantized = export_gguf(write_hf(tmp_path / arch, arch), tmp_path / f"{arch}-Q8_0.gguf", "q8_0").path
+    hf = write_hybrid(tmp_path / arch, arch) if arch in HYBRIDS else write_hf(tmp_path / arch, arch)
+    quantized = export_gguf(hf, tmp_path / f"{arch}-Q8_0.gguf", "q8_0").path
     mine, theirs, ids, their_ids = both(as_float32(quantized, tmp_path / f"{arch}-F32.gguf"))
     assert their_ids == ids  # tokenization identical
     assert kl(theirs, mine).mean().item() < 1e-6
@@ -140,6 +194,6 @@ def test_our_gguf_loads_in_llama_cpp_and_both_compute_the_same_model(arch, tmp_p
     # both engines quantize activations to int8 in their own way; on this flat random model that
     # leaves a KL of about 1e-3 between them (0 at float32, above); an MoE router turns that noise
     # into a different expert for the odd token
-    bound = 2e-2 if arch == "qwen3_moe" else 5e-3
+    bound = 2e-2 if arch in ("qwen3_moe", "qwen3_next", "qwen3_5_moe") else 5e-3
     assert divergence.mean().item() < bound, (arch, divergence.mean().item(), agree)
     assert agree > 0.85, (arch, agree)
