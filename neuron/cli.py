@@ -148,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir", metavar="DIR")
     demo.add_argument("--force", action="store_true", help="write into a non-empty directory")
     demo.set_defaults(run=_demo_model)
+    from neuron.loading.gguf_export import FLOAT_EXPORTS
     from neuron.loading.isq import isq_types
 
+    types = [*isq_types(), *FLOAT_EXPORTS]
     quant = sub.add_parser(
         "quantize",
         help="write an HF model folder as a GGUF file (llama.cpp loads it) with its weights quantized",
@@ -164,9 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-t",
         type=str.lower,
         default="q4_k_m",
-        choices=isq_types(),
+        choices=types,
         metavar="TYPE",
-        help=(f"block type or mix (default: %(default)s; one of {', '.join(isq_types())})"),
+        help=f"block type or mix, or f32 / f16 / bf16 unquantized (default: %(default)s; one of {', '.join(types)})",
     )
     quant.add_argument("--force", action="store_true", help="overwrite DST")
     quant.set_defaults(run=_quantize)
