@@ -428,7 +428,10 @@ def bench_http(args, model_dir: Path, dtype_name: str) -> dict:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        here = Path(__file__).resolve().parent  # the commit of this checkout, wherever the script runs from
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here
+        ).stdout.strip()
     except OSError:
         return "?"
 
