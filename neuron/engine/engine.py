@@ -19,7 +19,9 @@ The engine owns the model's sequences. Each :meth:`Engine.step`, on the device's
 A hybrid model's sequences also hold a recurrent-state slot (``neuron.engine.state_slots``) from
 admission to their end or preemption. Their state cannot be cut back to a shorter prefix, so a
 cached prefix serves them only up to a point where a state was kept: the last block boundary of
-each prompt (its prefill chunk is cut to end there, and the state is copied aside, LRU).
+each prompt (its prefill chunk is cut to end there, and the state is copied aside, LRU), and the
+last block boundary its answer reached (each decode that fills a block replaces the sequence's
+previous such copy), so the next turn of a conversation skips the previous answer too.
 
 Detokenizing, stop strings and SSE stay on the event loop (``neuron.engine.generation``).
 """
@@ -113,6 +115,7 @@ class Sequence:
     first_at: float | None = None
     preempted: int = 0
     state_slot: int | None = None  # its recurrent-state slot (hybrid models), while it holds one
+    answer_key: int | None = None  # the key its state was last kept at while decoding
 
     @property
     def pending(self) -> int:
@@ -350,6 +353,21 @@ class Engine:
             n = min(n - 1, max(0, free_tokens))
         return n
 
+    def _keep_state(self, seq: Sequence, n: int) -> None:
+        """After a step: keeps a hybrid sequence's state at its prompt's last block boundary, and
+        at the newest block boundary its decoding reached (dropping the one before)."""
+        edge = self._keep_edge(seq)
+        key = seq.table.last_key
+        if not edge or key is None or seq.num_computed % BLOCK_TOKENS:
+            return
+        if seq.num_computed == edge:
+            self.kept.keep(key, seq.state_slot)
+        elif n == 1 and seq.num_computed > edge and seq.num_computed > seq.num_prompt:
+            if seq.answer_key is not None and seq.answer_key != key:
+                self.kept.drop(seq.answer_key)
+            if self.kept.keep(key, seq.state_slot):
+                seq.answer_key = key
+
     def _keep_edge(self, seq: Sequence) -> int:
         """Where a hybrid sequence's state is kept: its prompt's last block boundary (0: nowhere)."""
         if self.kept is None or self.kept.capacity == 0:
@@ -399,9 +417,7 @@ class Engine:
         for seq, n in scheduled:
             seq.num_computed += n
             self._register_full_blocks(seq)
-            edge = self._keep_edge(seq)
-            if edge and seq.num_computed == edge and seq.table.last_key is not None:
-                self.kept.keep(seq.table.last_key, seq.state_slot)
+            self._keep_state(seq, n)
         raw = _log_probs(logits, samplers)  # of the model's own distribution, before any mask or sampling
         self._constrain(logits, samplers)
         now = time.perf_counter()

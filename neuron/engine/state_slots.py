@@ -7,8 +7,9 @@ A slot holds, for each recurrent layer, the last ``kernel - 1`` inputs of its ca
 float32 ``[heads, key_dim, value_dim]`` state. A running sequence holds one slot. Its state is
 the state after *all* its computed tokens, so unlike KV blocks it cannot be shared or truncated:
 to resume a prompt part-way, the state at that point must have been kept. The engine keeps one at
-the last block boundary of each prompt (:class:`KeptStates`), keyed by the prefix-cache key of the
-block that ends there: a later prompt whose blocks match up to that key resumes from a copy.
+the last block boundary of each prompt and at the last one its answer reached (:class:`KeptStates`),
+keyed by the prefix-cache key of the block that ends there: a later prompt whose blocks match up
+to that key resumes from a copy.
 
 Everything here runs on the model's device thread.
 """
@@ -95,6 +96,12 @@ class KeptStates:
         self.pool.copy(src, dst)
         self._by_key[key] = dst
         return True
+
+    def drop(self, key: int) -> None:
+        """Forgets the state kept at ``key`` (if any), freeing its slot."""
+        slot = self._by_key.pop(key, None)
+        if slot is not None:
+            self.pool.release(slot)
 
     def restore(self, key: int, dst: int) -> bool:
         """Copies the state kept at ``key`` into slot ``dst``; False when none is kept."""

@@ -2,7 +2,7 @@
 concurrent greedy requests give what each gives alone and what HF transformers gives, also in a
 pool so small that sequences are preempted; a cancelled request gives back its blocks and its
 state slot; a conversation extended by a turn resumes from the state kept at its prompt's last
-block boundary, with the log probabilities of a cold prefill; the state slots come out of the
+block boundary, or at its answer's, with the log probabilities of a cold prefill; the state slots come out of the
 same memory budget as the KV blocks."""
 
 from __future__ import annotations
@@ -252,6 +252,38 @@ def test_an_extended_conversation_resumes_from_the_kept_state_with_cold_logprobs
             assert abs(a.logprob - b.logprob) < 1e-4
             assert [t for t, _ in a.top] == [t for t, _ in b.top]
             assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top, strict=True)) < 1e-4
+
+
+def test_the_next_turn_skips_the_previous_answer_too(hybrid):
+    """A 40-token prompt answered with 30 tokens (69 computed: the last one is only sampled); the
+    state is kept at 32 (the prompt's boundary) and at 64 (the answer's last, which replaced the
+    one at 48). The next turn, prompt + answer + 10 tokens, resumes at 64 with cold log-probs."""
+    path, _ = hybrid
+    gen = torch.Generator().manual_seed(12)
+    first = torch.randint(0, VOCAB, (40,), generator=gen).tolist()
+    extra = torch.randint(0, VOCAB, (10,), generator=gen).tolist()
+
+    async def main():
+        worker = DeviceWorker(torch.device("cpu"))
+        lm = await loaded(path, settings(), worker)
+        answer = tokens(await run_one(lm, first, 30))
+        kept = len(lm.engine.kept)
+        nxt = first + answer + extra
+        warm = await run_one(lm, nxt, 4, logprobs=2)
+        await worker.run(release_model, lm)
+        cold_lm = await loaded(path, settings(), worker)
+        cold = await run_one(cold_lm, nxt, 4, logprobs=2)
+        await worker.run(release_model, cold_lm)
+        worker.close()
+        return kept, warm, cold
+
+    kept, warm, cold = asyncio.run(main())
+    assert kept == 2  # the prompt's (32) and the answer's newest (64)
+    assert warm[0].cached_tokens == 64 and cold[0].cached_tokens == 0
+    assert tokens(warm) == tokens(cold)
+    for w, c in zip(warm, cold, strict=True):
+        for a, b in zip(w.logprobs, c.logprobs, strict=True):
+            assert abs(a.logprob - b.logprob) < 1e-4
 
 
 def test_a_prefix_without_a_kept_state_is_recomputed_not_half_reused(hybrid):
