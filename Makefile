@@ -19,7 +19,7 @@ INSTALL_LOG := $(VENV)/install.log
 # fetched, CMake's build progress, the end
 PROGRESS := s/^Collecting ([^ ]+).*/  fetching \1/p; s/^ *\*\*\* (Configuring CMake|Building project).*/  \1/p; s/^ *(\[[0-9]+\/[0-9]+\]) Building [A-Z]+ object CMakeFiles\/_C\.dir\/([^ ]+)\.o$$/  \1 compiling \2/p; s/^ *(\[[0-9]+\/[0-9]+\]) Linking [A-Z]+ shared module ([^ ]+)$$/  \1 linking \2/p; s/^(Successfully installed).*/  done/p
 
-.PHONY: run test install lint bench bench-decode clean
+.PHONY: run test install lint bench bench-decode cuda-check clean
 
 # The build runs in the venv itself (no isolated build environment): its pybind11 keeps one path, so
 # CMake does not recompile the bindings at every reinstall. These are pyproject's build-system.requires
@@ -59,6 +59,24 @@ lint: install
 
 test: lint
 	$(BIN)/pytest $(ARGS)
+
+# Compiles every kernels/*.cu for each architecture of CMake's HELEXA_CUDA_ARCHS default (read from
+# CMakeLists.txt, or pass CUDA_ARCHS="86 90"), warnings as errors, into a temporary folder, and prints
+# how long each file took: the check that device code still builds everywhere, without installing.
+CUDA_ARCHS ?= $(shell grep -m1 '^set.HELEXA_CUDA_ARCHS ' CMakeLists.txt | cut -d'"' -f2 | tr ';' ' ')
+NVCC ?= nvcc
+cuda-check:
+	@command -v $(NVCC) >/dev/null || { echo "error: cuda-check needs nvcc (set NVCC or put it on PATH)"; exit 1; }
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; total=$$(date +%s%N); \
+	echo "==> compiling kernels/*.cu for sm $(CUDA_ARCHS) with $$($(NVCC) --version | tail -n 1)"; \
+	for cu in kernels/*.cu; do \
+	  start=$$(date +%s%N); \
+	  $(NVCC) -std=c++17 -O3 -fmad=false -Icsrc -DHELEXA_WITH_CUDA --Werror all-warnings \
+	    $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a)) \
+	    -Xcompiler=-ffp-contract=off,-Wall,-Wextra,-Werror -c "$$cu" -o "$$tmp/$$(basename "$$cu").o"; \
+	  printf '  %-24s %5d ms\n' "$$cu" $$(( ($$(date +%s%N) - start) / 1000000 )); \
+	done; \
+	printf '  %-24s %5d ms\n' total $$(( ($$(date +%s%N) - total) / 1000000 ))
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache .ruff_cache

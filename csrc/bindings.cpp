@@ -15,6 +15,11 @@
 #include "gdn/gdn.h"
 #include "quant/quant.h"
 #include "quant/traits.h"
+#ifdef HELEXA_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "quant/quant_cuda.h"
+#endif
 
 #ifndef HELEXA_VERSION
 #define HELEXA_VERSION "0+unknown"
@@ -53,12 +58,43 @@ std::vector<std::string> built_isa_names() {
 #endif
 }
 
-bool has_cuda() {
+bool cuda_built() {
 #ifdef HELEXA_WITH_CUDA
   return true;
 #else
   return false;
 #endif
+}
+
+// Whether CUDA kernels can run here: built with them, and the runtime finds a driver and at least
+// one device. Asked when called, never at import (a CUDA build imports on hosts with no driver).
+bool has_cuda() {
+#ifdef HELEXA_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" / "no device" error for later calls
+    return false;
+  }
+  return count >= 1;
+#else
+  return false;
+#endif
+}
+
+// HELEXA_CUDA_ARCHS as CMake passed it ("86,89,90,120"), split; empty in a CPU-only build.
+std::vector<std::string> cuda_archs() {
+  std::vector<std::string> out;
+  std::string arch;
+  for (const char* c = HELEXA_CUDA_ARCHS;; ++c) {
+    if (*c == ',' || *c == '\0') {
+      if (!arch.empty()) out.push_back(arch);
+      arch.clear();
+      if (*c == '\0') break;
+    } else {
+      arch += *c;
+    }
+  }
+  return out;
 }
 
 // The trait table as Python sees it: one dict per type, in table order (quant/traits.h).
@@ -90,8 +126,9 @@ py::list quant_types() {
 py::dict build_info() {
   py::dict info;
   info["version"] = HELEXA_VERSION;
-  info["cuda"] = has_cuda();
-  info["cuda_archs"] = std::string(HELEXA_CUDA_ARCHS);
+  info["cuda"] = has_cuda();          // usable now: built with CUDA and a device is present
+  info["cuda_built"] = cuda_built();  // CUDA kernels compiled into this module
+  info["cuda_archs"] = cuda_archs();  // the architectures they were compiled for
   info["compiler"] = std::string(__VERSION__);
   info["cpu_isas"] = helexa::usable_isa_names();
   info["native_kernels"] = std::vector<std::string>{"quant", "dense", "attention", "gdn"};
@@ -111,7 +148,9 @@ PYBIND11_MODULE(_C, m) {
   }
   py::enum_<DType>(m, "DType").value("f32", DType::f32).value("f16", DType::f16).value("bf16", DType::bf16);
 
-  m.def("has_cuda", &has_cuda, "True when CUDA kernels were compiled into this module");
+  m.def("has_cuda", &has_cuda,
+        "True when this module has CUDA kernels and the CUDA runtime finds at least one device now");
+  m.def("cuda_built", &cuda_built, "True when CUDA kernels were compiled into this module");
   m.def("build_info", &build_info, "What this module was built with");
   m.def("known_cpu_isas", &known_isa_names, "Every CPU kernel variant the sources define, least capable first");
   m.def("built_cpu_isas", &built_isa_names, "CPU kernel variants compiled into this module, least capable first");
@@ -138,6 +177,16 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("out"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("qtype"), py::arg("out_dtype"),
       py::call_guard<py::gil_scoped_release>());
+#ifdef HELEXA_WITH_CUDA
+  m.def(
+      "dequantize_cuda",
+      [](uintptr_t out, uintptr_t w, int64_t rows, int64_t cols, QuantType t, DType out_t, uintptr_t stream) {
+        helexa::quant::dequantize_cuda(ptr<void>(out), ptr<const uint8_t>(w), rows, cols, t, out_t,
+                                       reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("out"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("qtype"), py::arg("out_dtype"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+#endif
   m.def(
       "quantize_cpu",
       [](uintptr_t out, uintptr_t x, int64_t rows, int64_t cols, QuantType t) {

@@ -1,10 +1,13 @@
 // Element types of tensors crossing the native boundary, and exact conversions between them.
 // fp16 and bf16 values travel as uint16_t bit patterns; every float -> half conversion rounds to
-// nearest even, as torch and numpy do, so results compare bit for bit.
+// nearest even, as torch and numpy do, so results compare bit for bit. The scalar conversions are
+// HELEXA_HD: CUDA kernels use these same functions, so both devices round alike.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+
+#include "common/hd.h"
 
 namespace helexa {
 
@@ -19,22 +22,30 @@ static inline const char* dtype_name(DType t) {
   return "?";
 }
 
-static inline int dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
+HELEXA_HD static inline int dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
 
-static inline uint32_t float_bits(float f) {
+HELEXA_HD static inline uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
+#endif
 }
 
-static inline float bits_float(uint32_t u) {
+HELEXA_HD static inline float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
 
 // IEEE binary16 -> binary32, exact for every input (subnormals, inf, nan included).
-static inline float fp16_to_fp32(uint16_t h) {
+HELEXA_HD static inline float fp16_to_fp32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -58,7 +69,7 @@ static inline float fp16_to_fp32(uint16_t h) {
 }
 
 // binary32 -> binary16, round to nearest even; overflow goes to inf, nan stays nan.
-static inline uint16_t fp32_to_fp16(float f) {
+HELEXA_HD static inline uint16_t fp32_to_fp16(float f) {
   uint32_t u = float_bits(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   u &= 0x7fffffffu;
@@ -75,9 +86,9 @@ static inline uint16_t fp32_to_fp16(float f) {
   return static_cast<uint16_t>(sign | (u >> 13));
 }
 
-static inline float bf16_to_fp32(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+HELEXA_HD static inline float bf16_to_fp32(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
 
-static inline uint16_t fp32_to_bf16(float f) {
+HELEXA_HD static inline uint16_t fp32_to_bf16(float f) {
   const uint32_t u = float_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);

@@ -5,7 +5,8 @@
 //
 // Functions in the shared headers are `static`: every ISA translation unit (compiled with its own
 // -m flags) keeps a private copy, so the linker can never hand generic code an AVX-512 build of
-// an inline helper.
+// an inline helper. They are also HELEXA_HD (common/hd.h): kernels/*.cu include this header and
+// read blocks with the very same helpers.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 #include <cstring>
 
 #include "common/dtype.h"
+#include "common/hd.h"
 
 namespace helexa::quant {
 
@@ -124,17 +126,32 @@ struct BlockIQ4_XS {
 };
 static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block must be 136 bytes");
 
-// The sixteen non-linear levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl).
-alignas(16) static const int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                                   1,    13,   25,  38,  53,  69,  89,  113};
+// The sixteen non-linear levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl), written once here.
+// Host code indexes kIq4nlValues (the SIMD kernels load it as a vector); device code cannot index a
+// namespace-scope host array, so nvcc's device pass gets a __constant__ copy of the same list, and
+// iq4nl_value() reads whichever one the code being compiled can see.
+#define HELEXA_IQ4NL_LEVELS {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+alignas(16) static const int8_t kIq4nlValues[16] = HELEXA_IQ4NL_LEVELS;
+#if defined(__CUDACC__)
+static __constant__ int8_t kIq4nlValuesDevice[16] = HELEXA_IQ4NL_LEVELS;
+#endif
 
-static inline float load_half(const void* p) {
+// The IQ4_NL level of nibble q (0..15).
+HELEXA_HD static inline int8_t iq4nl_value(int q) {
+#if defined(__CUDA_ARCH__)
+  return kIq4nlValuesDevice[q];
+#else
+  return kIq4nlValues[q];
+#endif
+}
+
+HELEXA_HD static inline float load_half(const void* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return fp16_to_fp32(h);
 }
 
-static inline void store_half(void* p, float f) {
+HELEXA_HD static inline void store_half(void* p, float f) {
   const uint16_t h = fp32_to_fp16(f);
   std::memcpy(p, &h, 2);
 }
@@ -142,7 +159,7 @@ static inline void store_half(void* p, float f) {
 // Unpacks the eight 6-bit scales and mins of a Q4_K / Q5_K block into bytes.
 // Bytes 0-3 hold scales 0-3 in their low six bits and the top bits of scales 4-7; bytes 4-7 the
 // same for the mins; bytes 8-11 hold the low nibbles of scales 4-7 (low) and mins 4-7 (high).
-static inline void unpack_k4_scales(const uint8_t* packed, uint8_t sc[8], uint8_t mn[8]) {
+HELEXA_HD static inline void unpack_k4_scales(const uint8_t* packed, uint8_t sc[8], uint8_t mn[8]) {
   uint32_t w0, w1, w2;
   std::memcpy(&w0, packed, 4);
   std::memcpy(&w1, packed + 4, 4);
@@ -160,7 +177,7 @@ static inline void unpack_k4_scales(const uint8_t* packed, uint8_t sc[8], uint8_
 // Unpacks the sixteen 6-bit scales of a Q3_K block as signed values (stored value - 32).
 // Bytes 0-7 hold the low nibbles (scale j in byte j % 8, low nibble for j < 8, high for j >= 8);
 // byte 8 + j % 4 holds the high two bits of scale j at bit 2 * (j / 4).
-static inline void unpack_q3k_scales(const uint8_t* packed, int8_t out[16]) {
+HELEXA_HD static inline void unpack_q3k_scales(const uint8_t* packed, int8_t out[16]) {
   for (int j = 0; j < 16; ++j) {
     const int lo = j < 8 ? packed[j] & 0xF : packed[j - 8] >> 4;
     const int hi = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -169,7 +186,7 @@ static inline void unpack_q3k_scales(const uint8_t* packed, int8_t out[16]) {
 }
 
 // The 6-bit scale of IQ4_XS sub-block j, as a signed value (stored value - 32).
-static inline int iq4xs_scale(const uint8_t* scales_l, uint16_t scales_h, int j) {
+HELEXA_HD static inline int iq4xs_scale(const uint8_t* scales_l, uint16_t scales_h, int j) {
   return (((scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | (((scales_h >> (2 * j)) & 3) << 4)) - 32;
 }
 

@@ -185,7 +185,8 @@ async def version(request: Request):
         {
             "version": __version__,
             "build": {
-                "cuda": info["cuda"],
+                "cuda": info["cuda"],  # a CUDA device is usable by the kernels here
+                "cuda_built": info["cuda_built"],
                 "archs": info["cuda_archs"],
                 "native_kernels": info["native_kernels"],
                 "cpu_isas": info["cpu_isas"],

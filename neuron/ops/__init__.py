@@ -2,9 +2,10 @@
 
 from neuron.ops._lib import (
     CPU_ISAS,
-    HAS_CUDA,
+    CUDA_BUILT,
     build_info,
     cpu_isa,
+    has_cuda,
     num_threads,
     pool_spin_us,
     set_cpu_isa,
@@ -40,6 +41,7 @@ from neuron.ops.quant import (
 
 __all__ = [
     "CPU_ISAS",
+    "CUDA_BUILT",
     "HAS_CUDA",
     "MATMUL_MAX_ROWS",
     "QUANT_TYPES",
@@ -56,6 +58,7 @@ __all__ = [
     "gdn_gating_ref",
     "gemv_bf16",
     "gemv_bf16_ref",
+    "has_cuda",
     "matmul_bf16",
     "num_threads",
     "paged_decode",
@@ -70,3 +73,9 @@ __all__ = [
     "set_num_threads",
     "set_pool_spin_us",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "HAS_CUDA":  # asked of the CUDA runtime at first use, not at import (_lib.has_cuda)
+        return has_cuda()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ more cores than the process was given.
 
 from __future__ import annotations
 
+import functools
 import os
 
 try:
@@ -20,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
 
 import torch  # after _C: a missing extension is the clearer error
 
-HAS_CUDA: bool = _C.has_cuda()
+CUDA_BUILT: bool = _C.cuda_built()  # CUDA kernels compiled in (whether or not this host can run them)
 KNOWN_CPU_ISAS: tuple[str, ...] = tuple(_C.known_cpu_isas())  # every variant the sources define
 BUILT_CPU_ISAS: tuple[str, ...] = tuple(_C.built_cpu_isas())  # those compiled into this module
 CPU_ISAS: tuple[str, ...] = tuple(_C.cpu_isas())  # those this machine can run
@@ -40,8 +41,23 @@ else:
     _C.set_num_threads(max(1, torch.get_num_threads()))
 
 
+@functools.cache
+def has_cuda() -> bool:
+    """Whether the CUDA kernels can run here: built with them and a CUDA device is present. Asked of
+    the CUDA runtime at the first call, never at import (a CUDA build imports on hosts with no
+    driver); ``HAS_CUDA`` is the same answer."""
+    return _C.has_cuda()
+
+
+def __getattr__(name: str) -> object:
+    if name == "HAS_CUDA":  # computed at first use (PEP 562), so importing neuron.ops touches no driver
+        return has_cuda()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_info() -> dict:
-    """What the extension was built with: version, CUDA and its architectures, CPU variants."""
+    """What the extension was built with: version, CUDA (``cuda``: usable here; ``cuda_built``;
+    ``cuda_archs``), CPU variants."""
     return dict(_C.build_info())
 
 

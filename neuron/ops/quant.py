@@ -121,11 +121,17 @@ class QuantTensor:
         return f"QuantTensor({self.qtype}, shape={self.shape}, {self.nbytes / 2**20:.2f} MiB, device={self.device})"
 
 
-def _check_quant_tensor(w: object, name: str = "w") -> QuantTensor:
+def _check_quant_tensor(w: object, name: str = "w", *, cuda: bool = False) -> QuantTensor:
+    """``cuda``: the op has a CUDA kernel, so a tensor on a CUDA device is accepted when the build has it."""
     if not isinstance(w, QuantTensor):
         raise TypeError(f"{name} must be a QuantTensor, got {type(w).__name__}")
+    if w.device.type == "cuda" and cuda:
+        if not _lib.CUDA_BUILT:
+            raise ValueError(f"{name} is on {w.device}: this build of neuron._C has no CUDA kernels (CPU-only)")
+        return w
     if w.device.type != "cpu":
-        raise ValueError(f"{name} is on {w.device}: this build has CPU kernels only for quantized tensors")
+        where = "CPU and CUDA kernels" if cuda else "CPU kernels only"
+        raise ValueError(f"{name} is on {w.device}: this op has {where} for quantized tensors")
     return w
 
 
@@ -152,13 +158,20 @@ def quantize(tensor: torch.Tensor, qtype: str) -> QuantTensor:
 
 
 def dequantize(w: QuantTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Returns the values of ``w`` as a ``[N, K]`` tensor of ``dtype`` (float32, bfloat16 or float16)."""
-    w = _check_quant_tensor(w)
+    """Returns the values of ``w`` as a ``[N, K]`` tensor of ``dtype`` (float32, bfloat16 or float16),
+    on ``w``'s device: the CUDA kernel for a tensor on a CUDA device (enqueued on torch's current
+    stream there), else the CPU one. Both are bit-exact with ggml."""
+    w = _check_quant_tensor(w, cuda=True)
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype {dtype} is not supported: expected float32, bfloat16 or float16")
     n, k = w.shape
-    out = torch.empty((n, k), dtype=dtype)
-    _lib.native.dequantize_cpu(out.data_ptr(), w.data.data_ptr(), n, k, _NATIVE_TYPE[w.qtype], _FLOAT_DTYPES[dtype])
+    out = torch.empty((n, k), dtype=dtype, device=w.device)
+    args = (out.data_ptr(), w.data.data_ptr(), n, k, _NATIVE_TYPE[w.qtype], _FLOAT_DTYPES[dtype])
+    if w.device.type == "cuda":
+        with torch.cuda.device(w.device):
+            _lib.native.dequantize_cuda(*args, torch.cuda.current_stream(w.device).cuda_stream)
+    else:
+        _lib.native.dequantize_cpu(*args)
     return out
 
 

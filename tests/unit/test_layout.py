@@ -58,7 +58,10 @@ def test_the_gateway_imports_no_torch_numpy_or_neuron():
 def test_build_info_describes_this_build():
     info = ops.build_info()
     assert info["version"] == neuron.__version__
-    assert info["cuda"] is ops.HAS_CUDA
+    assert info["cuda"] is ops.HAS_CUDA  # usable here: built with CUDA and a device present
+    assert info["cuda_built"] is ops.CUDA_BUILT
+    assert ops.HAS_CUDA <= ops.CUDA_BUILT  # no usable CUDA without CUDA kernels
+    assert bool(info["cuda_archs"]) == ops.CUDA_BUILT and all(isinstance(a, str) and a for a in info["cuda_archs"])
     assert tuple(info["cpu_isas"]) == ops.CPU_ISAS
     assert ops.CPU_ISAS[0] == "generic"
     assert "quant" in info["native_kernels"]

@@ -30,11 +30,19 @@ def exported_names() -> set[str]:
     return {name for name in dir(_lib.native) if not (name.startswith("__") and name.endswith("__"))}
 
 
+def is_cuda_only(name: str) -> bool:
+    """The stub's convention: ``*_cuda`` functions exist only in a module built with CUDA."""
+    return name.endswith("_cuda")
+
+
 def test_the_stub_names_every_binding_and_nothing_else():
     stubbed = set(stub_defs())
     exported = exported_names()
     assert sorted(exported - stubbed) == [], "bindings missing from neuron/_C.pyi"
-    assert sorted(stubbed - exported) == [], "names in neuron/_C.pyi that neuron._C does not export"
+    missing = stubbed - exported
+    if not _lib.CUDA_BUILT:
+        missing = {name for name in missing if not is_cuda_only(name)}
+    assert sorted(missing) == [], "names in neuron/_C.pyi that neuron._C does not export"
 
 
 def native_parameters(name: str) -> list[str]:
@@ -47,6 +55,8 @@ def native_parameters(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(n for n, d in stub_defs().items() if isinstance(d, ast.FunctionDef)))
 def test_each_stubbed_function_has_the_bindings_parameters(name):
+    if is_cuda_only(name) and not _lib.CUDA_BUILT:
+        pytest.skip(f"{name} is CUDA-only and this build of neuron._C has no CUDA kernels")
     stub = stub_defs()[name]
     assert isinstance(stub, ast.FunctionDef)
     assert [a.arg for a in stub.args.args] == native_parameters(name)

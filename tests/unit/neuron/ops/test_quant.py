@@ -344,3 +344,55 @@ def test_native_layer_checks_its_arguments_too():
         native.dequantize_cpu(0, 0, 1, 100, qt, _lib.DType.f32)
     with pytest.raises(ValueError, match="64-byte aligned"):
         native.qmatmul_cpu(0, 0, 0, 8, 1, 1, 256, qt, _lib.DType.f32)
+
+
+# --- CUDA: the same block math (quant/block_math.h) compiled for the device --------------------
+
+
+def cuda_skip_reason() -> str | None:
+    """Why the CUDA dequantize cannot be tested here; None when it can."""
+    if not _lib.CUDA_BUILT:
+        return "this build of neuron._C has no CUDA kernels (no nvcc at build time, or HELEXA_CUDA=OFF)"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device (CPU build of torch, or no GPU / driver)"
+    if not ops.has_cuda():
+        return "neuron._C's CUDA runtime finds no usable device (driver older than the CUDA it was built with?)"
+    return None
+
+
+needs_cuda = pytest.mark.skipif(cuda_skip_reason() is not None, reason=cuda_skip_reason() or "")
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape_blocks", [(1, 1), (3, 5), (17, 5), (301, 7)])
+@pytest.mark.parametrize("qtype", ops.QUANT_TYPES)
+def test_cuda_dequantize_is_bit_exact_with_the_cpu(qtype, shape_blocks):
+    rows, blocks = shape_blocks
+    k = BLOCK_ELEMS[qtype] * blocks
+    w = wild_scales(random_quant_tensor(qtype, (rows, k), generator=torch.Generator().manual_seed(rows)), rows)
+    wd = w.to("cuda")
+    for dtype, bits in ((torch.float32, torch.int32), (torch.bfloat16, torch.int16), (torch.float16, torch.int16)):
+        got = ops.dequantize(wd, dtype)
+        assert got.device == wd.device and got.dtype == dtype and got.shape == (rows, k)
+        assert torch.equal(got.cpu().view(bits), ops.dequantize(w, dtype).view(bits)), f"{qtype} {dtype}"
+
+
+@needs_cuda
+def test_cuda_dequantize_runs_on_torchs_current_stream():
+    w = random_quant_tensor("q4_k", (64, 1024), generator=torch.Generator().manual_seed(7))
+    wd = w.to("cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = ops.dequantize(wd)
+    side.synchronize()
+    assert torch.equal(got.cpu(), ops.dequantize(w))
+
+
+def test_a_cpu_only_build_refuses_cuda_tensors_by_name():
+    if _lib.CUDA_BUILT:
+        pytest.skip("this build of neuron._C has CUDA kernels")
+    if not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} sees no CUDA device to put a tensor on")
+    with pytest.raises(ValueError, match="no CUDA kernels"):
+        ops.dequantize(random_quant_tensor("q8_0", (2, 32)).to("cuda"))
