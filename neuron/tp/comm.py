@@ -1,10 +1,17 @@
 """Collectives between the ranks of one tensor-parallel model, behind one small interface: the
-CPU's over gloo (``torch.distributed``), so the sharding, the executor and the watchdog run in CI;
-the GPU's over NCCL (``neuron/ops/nccl.py``, loaded at run time) behind the same calls."""
+CPU's over gloo, so the sharding, the executor and the watchdog run in CI; the GPU's over NCCL
+(``neuron/ops/nccl.py``, loaded at run time) behind the same calls.
+
+A group is its own gloo process group over a TCP store that rank 0 (the neuron) serves: no
+process-global ``torch.distributed`` state, so one neuron can hold several tensor-parallel models.
+A collective whose peer died fails at once (its connection closes); one whose peer hangs fails
+after ``timeout_s``: either way the step raises, and the engine fails its requests.
+"""
 
 from __future__ import annotations
 
 import datetime
+import socket
 from typing import Protocol
 
 import torch
@@ -16,31 +23,32 @@ class Communicator(Protocol):
     world: int
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor: ...  # sum, in place; returns t
-    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor: ...
     def close(self) -> None: ...
 
 
-class GlooCommunicator:
-    """Ranks of one process group over gloo (CPU tensors). ``init_method``: a ``file://`` or
-    ``tcp://`` rendezvous every rank is given; ``timeout_s`` bounds a collective whose peer died."""
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
-    def __init__(self, rank: int, world: int, init_method: str, *, timeout_s: float = 60.0) -> None:
+
+class GlooCommunicator:
+    """Rank ``rank`` of ``world``, meeting the others at ``host:port`` (rank 0 serves the store)."""
+
+    def __init__(
+        self, rank: int, world: int, host: str, port: int, *, timeout_s: float = 60.0, name: str = "tp"
+    ) -> None:
         self.rank, self.world = rank, world
         timeout = datetime.timedelta(seconds=timeout_s)
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world, timeout=timeout)
-        self.group = dist.new_group(list(range(world)), backend="gloo", timeout=timeout)
+        self.store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
+        self.group = dist.ProcessGroupGloo(dist.PrefixStore(name, self.store), rank, world, timeout)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if not t.is_contiguous():
             raise ValueError("all_reduce needs a contiguous tensor")
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
-        return t
-
-    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
-        dist.broadcast(t, src=src, group=self.group)
+        self.group.allreduce([t]).wait()
         return t
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        self.group = None  # type: ignore[assignment]  (its connections close with it)
+        self.store = None  # type: ignore[assignment]

@@ -2,7 +2,7 @@
 builds its shard of the checkpoint, joins the gloo group, runs the prompt and the decode steps
 given, and (rank 0) writes every step's logits where it is told.
 
-    python rank_worker.py FOLDER RANK WORLD INIT_FILE OUT [--quant Q] [--tokens JSON]
+    python rank_worker.py FOLDER RANK WORLD PORT OUT [--quant Q] [--tokens JSON]
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("rank", type=int)
     ap.add_argument("world", type=int)
-    ap.add_argument("init_file")
+    ap.add_argument("port", type=int)
     ap.add_argument("out", type=Path)
     ap.add_argument("--quant")
     ap.add_argument("--tokens", required=True, help="JSON: [prompt ids, [decode ids...]]")
     args = ap.parse_args()
     torch.set_num_threads(1)
     shard = Shard(args.rank, args.world)
-    comm = GlooCommunicator(args.rank, args.world, f"file://{args.init_file}", timeout_s=60)
+    comm = GlooCommunicator(args.rank, args.world, "127.0.0.1", args.port, timeout_s=60)
     model = build(args.folder, shard, args.quant)
     blocks = attach(model, comm.all_reduce)
     prompt, steps = json.loads(args.tokens)

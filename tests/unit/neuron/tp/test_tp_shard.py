@@ -18,6 +18,7 @@ import transformers
 
 from neuron.engine.stepper import SingleSequence, pool_for
 from neuron.models import UnsupportedModel, architecture_for
+from neuron.tp.comm import free_port
 from neuron.tp.shard import Shard, ShardedSource, local_config, reduced_blocks
 
 WORKER = Path(__file__).with_name("rank_worker.py")
@@ -83,8 +84,7 @@ def one_rank(folder: Path, quant: str | None) -> torch.Tensor:
 
 def ranks(folder: Path, tmp: Path, world: int, quant: str | None) -> dict:
     out = tmp / "logits.pt"
-    init = tmp / "rendezvous"
-    args = [str(folder), "", str(world), str(init), str(out), "--tokens", json.dumps(TOKENS)]
+    args = [str(folder), "", str(world), str(free_port()), str(out), "--tokens", json.dumps(TOKENS)]
     if quant:
         args += ["--quant", quant]
     procs = []
