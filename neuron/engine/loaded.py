@@ -163,7 +163,7 @@ class LoadedModel:
     admission: Admission
     load_secs: float
     engine: Engine
-    executor: UniExecutor
+    executor: UniExecutor | Any  # a TpExecutor when tensor-parallel
     grammars: Grammars
     longest_token_chars: int = 1
     quant: str | None = None  # how the weights are held: a block type or a mix; None: dense in ``dtype``
@@ -228,10 +228,17 @@ def load_model(
     progress: Callable[[float], None],
     loop: asyncio.AbstractEventLoop,
     quant: str | None = None,
+    tensor_parallel: int = 1,
+    on_failure: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Builds and fills the model on ``worker``'s device, sizes its KV pool and starts its
     engine on the worker. Runs on the worker thread. A checkpoint it cannot use raises a
-    :class:`~neuron.models.ModelError`; one that does not fit raises a 507."""
+    :class:`~neuron.models.ModelError`; one that does not fit raises a 507.
+
+    ``tensor_parallel`` > 1 (on the CPU, over gloo): this thread is rank 0 and the other ranks are
+    processes (``neuron.tp``); the memory figures count every rank (they share the host), the KV
+    budget is split between them, and ``on_failure`` is told (on this thread) when a rank fails,
+    after which every step fails."""
     t0 = time.perf_counter()
     opened = open_weights(model_dir, dtype, quant)
     arch, cfg, plan = opened.arch, opened.cfg, opened.plan
@@ -245,26 +252,37 @@ def load_model(
                 f"model {model_id!r} needs about {need >> 20} MiB on {worker.name} but {free >> 20} MiB are free",
                 code="does_not_fit",
             )
-        before = torch.cuda.memory_allocated(worker.device) if worker.device.type == "cuda" else 0
-        net = arch(cfg, dtype=dtype, device=worker.device, plan=plan).eval()
-        load_weights(
-            net,
-            opened.source,
-            redundant=net.tied_names,
-            progress=progress,
-            arch=arch.model_type,
-            skip_prefixes=arch.skip_prefixes,
-        )
+        if tensor_parallel > 1:  # the ranks build their shards once the pool is sized; the spec is rank 0's
+            from neuron.tp.shard import Shard, local_config
+
+            local = local_config(cfg, Shard(0, tensor_parallel))
+            spec = arch(local, dtype=dtype, device=torch.device("meta"), plan=DensePlan(dtype)).state_spec()
+        else:
+            before = torch.cuda.memory_allocated(worker.device) if worker.device.type == "cuda" else 0
+            net = arch(cfg, dtype=dtype, device=worker.device, plan=plan).eval()
+            load_weights(
+                net,
+                opened.source,
+                redundant=net.tied_names,
+                progress=progress,
+                arch=arch.model_type,
+                skip_prefixes=arch.skip_prefixes,
+            )
     finally:
         opened.source.close()
     on_gpu = worker.device.type == "cuda"
-    weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else resident_bytes(net)
-    spec = net.state_spec()
+    ranks = max(1, tensor_parallel)
+    if tensor_parallel > 1:
+        weights = need  # the shards' planned bytes, all ranks together
+    else:
+        weights = torch.cuda.memory_allocated(worker.device) - before if on_gpu else resident_bytes(net)
+        spec = net.state_spec()
     layout, recurrent = kv_layout(spec, dtype), recurrent_spec(spec)
     slot_bytes = state_bytes(recurrent)
     context = cfg.max_position_embeddings
-    # what the fit check saw free, less what the weights took, is what is left for the pool
-    size, budget = pool_size(layout, slot_bytes, settings, free - weights, context)
+    # what the fit check saw free, less what the weights took, is what is left for the pool (each
+    # rank holds a pool of this size)
+    size, budget = pool_size(layout, slot_bytes, settings, (free - weights) // ranks, context)
     blocks = size.blocks
     if recurrent and size.max_num_seqs < 1:
         raise ApiError(
@@ -283,7 +301,7 @@ def load_model(
             slot_bytes >> 20,
             budget >> 20,
         )
-    if blocks * layout.bytes_per_block() + size.state_slots * slot_bytes > free - weights:
+    if ranks * (blocks * layout.bytes_per_block() + size.state_slots * slot_bytes) > free - weights:
         # a kv_cache_mb larger than what is left
         raise ApiError(
             "insufficient_storage",
@@ -298,9 +316,18 @@ def load_model(
             f"({layout.bytes_per_block() >> 10} KiB a block of {BLOCK_TOKENS} tokens)",
             code="does_not_fit",
         )
-    states = StatePool(recurrent, size.state_slots, worker.device) if recurrent else None
-    pool = KVPool(layout, blocks, worker.device, states)
-    executor = UniExecutor(net, pool, worker.device, dtype)
+    if tensor_parallel > 1:
+        from neuron.tp.executor import TpExecutor
+
+        executor: UniExecutor | TpExecutor = TpExecutor.start(
+            model_dir, tensor_parallel, dtype, blocks=blocks, state_slots=size.state_slots, quant=quant,
+            on_failure=on_failure,
+        )  # fmt: skip
+        net, pool = executor.model, executor.kv
+    else:
+        states = StatePool(recurrent, size.state_slots, worker.device) if recurrent else None
+        pool = KVPool(layout, blocks, worker.device, states)
+        executor = UniExecutor(net, pool, worker.device, dtype)
     engine = Engine(
         executor,
         pool,
@@ -325,7 +352,7 @@ def load_model(
         defaults=defaults,
         eos_ids=eos_ids,
         context_length=min(context, pool.capacity_tokens),
-        memory_bytes=weights + pool.nbytes(),
+        memory_bytes=weights + ranks * pool.nbytes(),
         admission=admission,
         load_secs=0.0,
         engine=engine,
@@ -362,6 +389,9 @@ def release_model(lm: LoadedModel) -> None:
     """Ends the model's sequences and drops its tensors, on its own thread."""
     lm.engine.close()
     lm.worker.detach(lm.engine)
+    close = getattr(lm.executor, "close", None)
+    if close is not None:  # a tensor-parallel model's ranks stop
+        close()
     lm.net = None  # type: ignore[assignment]
     lm.executor.model = None  # type: ignore[assignment]
     lm.engine.pool.k = lm.engine.pool.v = None  # type: ignore[assignment]  (its size stays readable)

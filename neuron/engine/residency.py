@@ -43,6 +43,7 @@ FAILED_KEPT_SECS = 600.0  # and for at most this long
 TEXT_SIDES_KEPT = 8
 HARNESS_ALIASES = ("torch", "candle")  # the earlier engine's name is accepted as the same engine
 GPU_FOOTPRINT_DTYPE = torch.bfloat16
+MAX_CPU_RANKS = 8  # tensor-parallel ranks on the CPU (processes over gloo)
 
 
 @dataclass
@@ -79,11 +80,28 @@ class Residency:
     # --- placement ------------------------------------------------------------------------
 
     def _device_for(self, spec: ModelSpec) -> tuple[torch.device, list[int]]:
-        if spec.tensor_parallel not in (None, 1) or (spec.devices is not None and len(spec.devices) > 1):
-            raise invalid(
-                "tensor parallelism (more than one device) is not supported by this neuron yet", param="tensor_parallel"
-            )
         has_cuda = torch.cuda.is_available()
+        across_gpus = (
+            "tensor parallelism across GPUs needs the NCCL communicator, which this neuron does not have yet "
+            "(tensor_parallel with devices = [] runs the ranks on the CPU)"
+        )
+        if spec.tensor_parallel is not None and spec.tensor_parallel < 1:
+            raise invalid(f"tensor_parallel must be at least 1, got {spec.tensor_parallel}", param="tensor_parallel")
+        if spec.devices is not None and len(spec.devices) > 1:
+            raise invalid(across_gpus, param="devices")
+        if (spec.tensor_parallel or 1) > MAX_CPU_RANKS:
+            raise invalid(
+                f"tensor_parallel = {spec.tensor_parallel} is more ranks than this neuron runs "
+                f"(at most {MAX_CPU_RANKS})",
+                param="tensor_parallel",
+            )
+        if (spec.tensor_parallel or 1) > 1:
+            on_gpu = spec.devices is None and (
+                self.config.device == "cuda" or (self.config.device == "auto" and has_cuda)
+            )
+            if spec.devices or on_gpu:
+                raise invalid(across_gpus, param="tensor_parallel")
+            return torch.device("cpu"), []
         if spec.devices is not None:
             if not spec.devices:
                 return torch.device("cpu"), []
@@ -192,6 +210,9 @@ class Residency:
             def progress(fraction: float) -> None:
                 entry.progress = fraction
 
+            def rank_failed(reason: str) -> None:  # on the worker thread: the event loop takes it
+                loop.call_soon_threadsafe(self._model_failed, entry, reason)
+
             def load_on_worker() -> LoadedModel:
                 # The entry holds the model before the worker's next job starts, so a load queued
                 # behind this one on the same device counts it (cpu_memory_mb).
@@ -206,6 +227,8 @@ class Residency:
                     progress=progress,
                     loop=loop,
                     quant=entry.spec.quant,
+                    tensor_parallel=entry.spec.tensor_parallel or 1,
+                    on_failure=rank_failed,
                 )
                 return entry.loaded
 
@@ -236,6 +259,23 @@ class Residency:
         if entry.status == ModelStatus.FAILED:
             entry.failed_at = time.monotonic()
             self._forget_old_failures()
+
+    def _model_failed(self, entry: Entry, reason: str) -> None:
+        """A loaded model that cannot step any more (a tensor-parallel rank died or hung): listed
+        as failed with the reason, its requests already failed by its engine; its memory and its
+        ranks are freed in the background."""
+        if entry.status != ModelStatus.LOADED or entry.loaded is None:
+            return
+        model_id = entry.spec.model_id
+        log.error("model %s failed: %s", model_id, reason)
+        loaded, entry.loaded = entry.loaded, None
+        entry.status, entry.error = ModelStatus.FAILED, reason
+        entry.failure = ApiError("internal", f"model {model_id!r} failed: {reason}")
+        entry.failed_at = time.monotonic()
+        entry.task = asyncio.get_running_loop().create_task(
+            loaded.worker.run(release_model, loaded), name=f"release failed {model_id}"
+        )
+        self._forget_old_failures()
 
     def _forget_old_failures(self) -> None:
         """Keeps the newest :data:`FAILED_KEPT` failed loads, none older than

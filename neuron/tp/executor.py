@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -100,6 +101,7 @@ class TpExecutor:
         *,
         dtype: torch.dtype,
         timeout_s: float,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         from neuron.engine.executor import Throughput
 
@@ -109,6 +111,7 @@ class TpExecutor:
         self.timeout_s = timeout_s
         self.throughput = Throughput()
         self.failed: str | None = None
+        self.on_failure = on_failure  # told once, on the device thread, when the model fails
 
     @classmethod
     def start(
@@ -122,6 +125,7 @@ class TpExecutor:
         quant: str | None = None,
         timeout_s: float = 60.0,
         threads: int = 1,
+        on_failure: Callable[[str], None] | None = None,
     ) -> TpExecutor:
         """Starts ranks 1..world-1, joins them as rank 0 and builds every shard; raises (and stops
         what it started) when a rank cannot load."""
@@ -139,7 +143,7 @@ class TpExecutor:
         try:
             comm = _join(ranks, world, port, timeout_s)
             model, kv = build_rank(model_dir, comm, dtype, quant, blocks, state_slots)
-            executor = cls(model, kv, comm, ranks, dtype=dtype, timeout_s=timeout_s)
+            executor = cls(model, kv, comm, ranks, dtype=dtype, timeout_s=timeout_s, on_failure=on_failure)
             for r, reply in enumerate(executor._replies(), start=1):
                 if reply[0] != "ready":
                     raise RankFailed(f"rank {r} could not load the model: {reply[1]}")
@@ -189,6 +193,8 @@ class TpExecutor:
         except RankFailed as exc:
             self.failed = f"the tensor-parallel model failed: {exc}"
             log.error("%s", self.failed)
+            if self.on_failure is not None:
+                self.on_failure(self.failed)
             raise RankFailed(self.failed) from None
         self.throughput.record(batch, time.perf_counter() - t0)
         return logits
