@@ -13,6 +13,7 @@
 #include "common/thread_pool.h"
 #include "dense/dense.h"
 #include "gdn/gdn.h"
+#include "nccl/nccl.h"
 #include "quant/quant.h"
 #include "quant/traits.h"
 #ifdef HELEXA_WITH_CUDA
@@ -131,7 +132,7 @@ py::dict build_info() {
   info["cuda_archs"] = cuda_archs();  // the architectures they were compiled for
   info["compiler"] = std::string(__VERSION__);
   info["cpu_isas"] = helexa::usable_isa_names();
-  info["native_kernels"] = std::vector<std::string>{"quant", "dense", "attention", "gdn"};
+  info["native_kernels"] = std::vector<std::string>{"quant", "dense", "attention", "gdn", "nccl"};
   return info;
 }
 
@@ -270,6 +271,29 @@ PYBIND11_MODULE(_C, m) {
       py::arg("value_heads"), py::arg("key_dim"), py::arg("value_dim"), py::arg("num_slots"), py::arg("scale"),
       py::arg("chunked_min_len"), py::arg("dtype"), py::arg("value_heads_tiled") = false,
       py::call_guard<py::gil_scoped_release>());
+  m.def("nccl_open_library", &helexa::nccl::open_library, py::arg("candidates"));
+  m.def("nccl_library_open", &helexa::nccl::library_open);
+  m.def("nccl_version", &helexa::nccl::version);
+  m.def("nccl_unique_id", []() {
+    const std::vector<uint8_t> id = helexa::nccl::unique_id();
+    return py::bytes(reinterpret_cast<const char*>(id.data()), id.size());
+  });
+  m.def(
+      "nccl_comm_init",
+      [](const py::bytes& id, int world, int rank) {
+        const std::string raw = id;
+        const std::vector<uint8_t> bytes(raw.begin(), raw.end());
+        py::gil_scoped_release release;  // blocks until every rank joins
+        return helexa::nccl::comm_init(bytes, world, rank);
+      },
+      py::arg("unique_id"), py::arg("world"), py::arg("rank"));
+  m.def("nccl_comm_destroy", &helexa::nccl::comm_destroy, py::arg("comm"), py::call_guard<py::gil_scoped_release>());
+  m.def("nccl_all_reduce", &helexa::nccl::all_reduce, py::arg("comm"), py::arg("buf"), py::arg("count"),
+        py::arg("dtype"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("nccl_broadcast", &helexa::nccl::broadcast, py::arg("comm"), py::arg("buf"), py::arg("count"),
+        py::arg("dtype"), py::arg("root"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("nccl_all_gather", &helexa::nccl::all_gather, py::arg("comm"), py::arg("send"), py::arg("recv"),
+        py::arg("count"), py::arg("dtype"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.def("qmatmul_workspace_bytes", &helexa::quant::qmatmul_workspace_bytes, py::arg("m"), py::arg("k"),
         py::arg("qtype"));
   m.def(

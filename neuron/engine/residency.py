@@ -82,8 +82,8 @@ class Residency:
     def _device_for(self, spec: ModelSpec) -> tuple[torch.device, list[int]]:
         has_cuda = torch.cuda.is_available()
         across_gpus = (
-            "tensor parallelism across GPUs needs the NCCL communicator, which this neuron does not have yet "
-            "(tensor_parallel with devices = [] runs the ranks on the CPU)"
+            "tensor parallelism across GPUs is not supported by this neuron yet: its GPU ranks are not wired to "
+            "the NCCL communicator (tensor_parallel with devices = [] runs the ranks on the CPU)"
         )
         if spec.tensor_parallel is not None and spec.tensor_parallel < 1:
             raise invalid(f"tensor_parallel must be at least 1, got {spec.tensor_parallel}", param="tensor_parallel")
