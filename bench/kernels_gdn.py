@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# bench/ is on sys.path when a script here runs: the machine, commit and timing helpers are kernels_cpu's
+from kernels_cpu import cpu_model, git_commit, summary
+from kernels_cpu import timed as call_times
 
 from neuron import ops
 
@@ -35,45 +36,11 @@ CONV_CHANNELS, CONV_TAPS = 2 * HK * DK + HV * DV, 4
 MODES = ("recurrent", "chunked")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def timed(fn: Callable[[], object], reps: int, min_secs: float, warmup: int = 2) -> tuple[float, float]:
     """Median seconds per call and half the 10-90 percentile spread as a fraction of it."""
     for _ in range(warmup):
         fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < reps or time.perf_counter() - start < min_secs:
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append((time.perf_counter_ns() - t0) / 1e9)
-    med = statistics.median(times)
-    if len(times) < 3:
-        return med, 0.0
-    q = statistics.quantiles(times, n=10)
-    return med, (q[-1] - q[0]) / 2 / med
+    return summary(call_times(lambda _i: fn(), reps, min_secs))
 
 
 # --- baselines ------------------------------------------------------------------------------------

@@ -35,15 +35,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+# bench/ is on sys.path when a script here runs
+from kernels_cpu import cpu_model, git_commit
 
 from neuron.demo import demo_template, demo_text, qwen3_config, random_weights, train_tokenizer, write_model_dir
 from neuron.engine.admission import Admission
@@ -426,26 +427,6 @@ def bench_http(args, model_dir: Path, dtype_name: str) -> dict:
             p.wait(timeout=30)
 
 
-def _commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent  # the commit of this checkout, wherever the script runs from
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here
-        ).stdout.strip()
-    except OSError:
-        return "?"
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per stream (default: %(default)s)")
@@ -481,7 +462,8 @@ def main() -> None:
 
     print("# neuron engine on the CPU against transformers\n")
     print(f"- model: {MODELS[args.model]}, random weights ({model_dir})")
-    print(f"- CPU {_cpu()}, {args.threads} threads, ISA {ops.cpu_isa()}; torch {torch.__version__}, commit {_commit()}")
+    cpu = f"- CPU {cpu_model()}, {args.threads} threads, ISA {ops.cpu_isa()}"
+    print(f"{cpu}; torch {torch.__version__}, commit {git_commit()}")
     print(f"- prompt {args.prompt} tokens, {args.tokens} generated per stream, medians of {args.reps}\n")
     streams = [int(s) for s in args.streams.split(",")]
     header = ["engine", "dtype", "TTFT ms", "decode tok/s", *(f"{c} streams tok/s" for c in streams), "HF batch 8"]

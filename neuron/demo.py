@@ -104,6 +104,20 @@ def random_weights(cfg: dict[str, Any], *, seed: int = 0, std: float = 0.02) -> 
     return w
 
 
+def perturb_hybrid(hf: torch.nn.Module, *, expert_std: float = 0.1) -> None:
+    """Moves a (random) HF hybrid or MoE model's norms, gates and decays away from their
+    defaults and initialises the experts HF leaves empty, so that a weight a loader misses or
+    converts wrongly changes the logits."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5) if "linear_attn.norm" not in name else p.uniform_(0.5, 1.5)
+            elif name.endswith(("A_log", "dt_bias")):
+                p.uniform_(-1.0, 1.0)
+            elif "experts" in name or "mlp.gate" in name or "shared_expert" in name:
+                p.normal_(0, expert_std)
+
+
 def write_model_dir(
     out: Path,
     tokenizer: Tokenizer,

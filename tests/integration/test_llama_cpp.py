@@ -18,7 +18,15 @@ import torch
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install helexa[llamacpp])")
 gguf = pytest.importorskip("gguf")
 
-from neuron.demo import demo_template, demo_text, qwen3_config, random_weights, train_tokenizer, write_model_dir  # noqa: E402
+from neuron.demo import (  # noqa: E402
+    demo_template,
+    demo_text,
+    perturb_hybrid,
+    qwen3_config,
+    random_weights,
+    train_tokenizer,
+    write_model_dir,
+)
 from neuron.engine.stepper import SingleSequence, pool_for  # noqa: E402
 from neuron.loading.gguf import GgufPlan, GgufSource, gguf_tokenizer  # noqa: E402
 from neuron.loading.gguf_export import export_gguf  # noqa: E402
@@ -107,14 +115,7 @@ def write_hybrid(out: Path, arch: str) -> Path:
         model_cls = transformers.Qwen3_5MoeForCausalLM
     torch.manual_seed(2)
     hf = model_cls(config).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(-0.5, 0.5) if "linear_attn.norm" not in name else p.uniform_(0.5, 1.5)
-            elif name.endswith(("A_log", "dt_bias")):
-                p.uniform_(-1.0, 1.0)
-            elif "experts" in name or "mlp.gate" in name or "shared_expert" in name:
-                p.normal_(0, 0.08)
+    perturb_hybrid(hf, expert_std=0.08)
     hf.save_pretrained(out)
     cfg = json.loads((out / "config.json").read_text())
     return write_model_dir(out, tok, cfg, None, template=demo_template())

@@ -25,7 +25,7 @@ import transformers
 from gguf.constants import MODEL_ARCH, MODEL_TENSOR, MODEL_TENSORS, TENSOR_NAMES
 from tokenizers import Tokenizer
 
-from neuron.demo import demo_template, train_tokenizer
+from neuron.demo import demo_template, perturb_hybrid, train_tokenizer
 from neuron.engine.admission import Admission
 from neuron.engine.engine import EngineRequest, Output
 from neuron.engine.loaded import KVSettings, load_model, open_weights, release_model
@@ -131,19 +131,6 @@ CASES = {
 }
 
 
-def randomize(hf: torch.nn.Module) -> None:
-    """Norms, gates and decays away from their defaults, experts initialised, so a missed
-    conversion shows."""
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(-0.5, 0.5) if "linear_attn.norm" not in name else p.uniform_(0.5, 1.5)
-            elif name.endswith(("A_log", "dt_bias")):
-                p.uniform_(-1.0, 1.0)
-            elif "experts" in name or "mlp.gate" in name or "shared_expert" in name:
-                p.normal_(0, 0.1)
-
-
 def write_tokenizer(out: Path, tok) -> None:
     tok.save(str(out / "tokenizer.json"))
     cfg = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None}
@@ -159,7 +146,7 @@ def case(request, tmp_path_factory) -> tuple[str, str, Path, dict, dict]:
     vocab = (tok.get_vocab_size() + 31) // 32 * 32
     torch.manual_seed(7)
     hf = build_hf(vocab).eval()
-    randomize(hf)
+    perturb_hybrid(hf)
     out = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(out)
     write_tokenizer(out, tok)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 
+from neuron.demo import perturb_hybrid
 from neuron.engine.kv_cache import BLOCK_TOKENS
 from neuron.engine.stepper import SingleSequence, pool_for
 from neuron.loading.safetensors import Checkpoint
@@ -94,18 +95,6 @@ CASES = {
 }
 
 
-def randomize(hf: torch.nn.Module) -> None:
-    """Norms, gates and decays away from their defaults, experts initialised, so a missed one shows."""
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(-0.5, 0.5) if "linear_attn.norm" not in name else p.uniform_(0.5, 1.5)
-            elif name.endswith(("A_log", "dt_bias")):
-                p.uniform_(-1.0, 1.0)
-            elif "experts" in name or "mlp.gate" in name or "shared_expert" in name:
-                p.normal_(0, 0.1)
-
-
 def ours_from(folder, expect: str):
     raw = json.loads((folder / "config.json").read_text())
     arch = architecture_for(raw)
@@ -122,7 +111,7 @@ def pair(request, tmp_path_factory):
     config_cls, model_cls, extra = CASES[request.param]
     torch.manual_seed(11)
     hf = model_cls(config_cls(**{**COMMON, **extra})).eval()
-    randomize(hf)
+    perturb_hybrid(hf)
     out = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(out)
     return request.param, hf, ours_from(out, model_cls.__name__)
@@ -260,7 +249,7 @@ def test_the_multimodal_checkpoint_serves_its_text_side(tmp_path):
     cfg = transformers.Qwen3_5Config(text_config=text, vision_config=vision())
     torch.manual_seed(3)
     hf = transformers.Qwen3_5ForConditionalGeneration(cfg).eval()
-    randomize(hf)
+    perturb_hybrid(hf)
     hf.save_pretrained(tmp_path)
     ours = ours_from(tmp_path, "Qwen3_5ForConditionalGeneration")
     assert ours.model_type == "qwen3_5" and hasattr(ours.model, "language_model")

@@ -44,3 +44,11 @@ def simd_isa(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each SIMD ISA the build knows (all but generic), for tests that hold it to the generic kernels;
     the cap is restored afterwards, whatever the test set it to."""
     yield from _capped_at(request.param)
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """Puts the kernels' thread count back after a test that changes it."""
+    before = ops.num_threads()
+    yield
+    ops.set_num_threads(before)

@@ -329,13 +329,6 @@ def test_the_isas_agree(simd_isa):
         assert rel_rms(ours[0], plain[0]) < 5e-3 and rel_rms(ours[1], plain[1]) < 1e-5
 
 
-@pytest.fixture
-def restore_threads():
-    before = ops.num_threads()
-    yield
-    ops.set_num_threads(before)
-
-
 def test_results_do_not_depend_on_the_thread_count(isa, restore_threads):
     case = Rule(20, [90, 1, 33, 1], hk=2, hv=4)
     results = []

@@ -28,13 +28,6 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
         )
 
 
-@pytest.fixture
-def restore_threads():
-    before = ops.num_threads()
-    yield
-    ops.set_num_threads(before)
-
-
 def test_results_do_not_depend_on_the_thread_count(isa, restore_threads):
     gen = torch.Generator().manual_seed(0)
     w = random_quant_tensor("q4_k", (301, 1024), generator=gen)
