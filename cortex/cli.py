@@ -33,6 +33,7 @@ def run_gateway(config, catalogue, *, after_start=None) -> int:
     from cortex.config import split_listen
     from cortex.gateway.app import LISTEN_BACKLOG, create_app
     from cortex.protocol.http import DeadlineProtocol
+    from cortex.protocol.systemd import Notifier
 
     for what, listen in (("", config.gateway.listen), (" (metrics)", config.gateway.metrics_listen)):
         reason = _cannot_listen(*split_listen(listen))
@@ -53,6 +54,7 @@ def run_gateway(config, catalogue, *, after_start=None) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    _tell_service_manager(app, Notifier())
     logging.getLogger("cortex").info(
         "cortex on %s (metrics on %s), %d neurons, %d catalogue models",
         config.gateway.listen,
@@ -75,6 +77,38 @@ def run_gateway(config, catalogue, *, after_start=None) -> int:
         print(f"error: cannot listen on {config.gateway.listen}: {exc.strerror or exc}", file=sys.stderr)
         return RUNTIME_ERROR
     return 0
+
+
+def _tell_service_manager(app, notifier) -> None:
+    """systemd's side of a ``Type=notify`` unit (``cortex.protocol.systemd``): READY once both
+    listeners accept connections, SIGHUP (``systemctl reload cortex``) re-reads the catalogue,
+    STOPPING when the shutdown begins, watchdog keep-alives where the unit asks for them."""
+    from cortex.config import ConfigError
+    from cortex.gateway.app import reload_catalogue
+
+    log = logging.getLogger("cortex")
+    config = app.ctx.config
+    serving = f"serving on {config.gateway.listen} (metrics on {config.gateway.metrics_listen})"
+
+    def reload() -> None:
+        notifier.reloading(f"reloading {config.models_config}")
+        try:
+            log.info("reloaded %s", reload_catalogue(app.ctx))
+        except ConfigError as exc:
+            log.error("reload refused, the catalogue in use is kept: %s", exc)
+        notifier.ready(serving)
+
+    @app.after_server_start
+    async def _ready(app) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        app.ctx.tasks.append(loop.create_task(notifier.keep_alive(), name="watchdog"))
+        notifier.ready(serving)
+
+    @app.before_server_stop
+    async def _stopping(app) -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        notifier.stopping("stopping: finishing the requests in flight")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -29,9 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         config = msgspec.structs.replace(config, port=args.port)
     from cortex.protocol.http import DeadlineProtocol
+    from cortex.protocol.systemd import Notifier
     from neuron.api.app import create_app
 
-    app = create_app(config, restore_models=restore)
+    notifier = Notifier()
+    app = create_app(config, restore_models=restore, notifier=notifier)
     logging.getLogger(__name__).info("neuron listening on %s:%d", config.host, config.port)
     try:
         app.run(
@@ -46,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return RUNTIME_ERROR
     if app.ctx.restart_models is not None:
+        notifier.reloading(f"restarting in place to load {len(app.ctx.restart_models)} models again")
         return _reexec(app.ctx.restart_models)
     return 0
 

@@ -62,6 +62,7 @@ class NeuronConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     kv_cache_mb: int | None = None  # the KV pool of each model; default: a share of what is free after the weights
     cpu_memory_mb: int | None = None  # beyond the contract: cap on host memory for CPU-resident models
     api_key: str | None = None  # the fleet key: required on every route but /health and /version when set
+    ready_after_default_models: bool = False  # under systemd (Type=notify): READY once default_models loaded
     admission: AdmissionSection = AdmissionSection()
     default_models: list[ModelSpec] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -12,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 
-from cortex.config import Catalogue, CortexConfig, split_listen
+from cortex.config import Catalogue, CortexConfig, load_catalogue, split_listen
 from cortex.fleet.neurons import NeuronClient
 from cortex.fleet.poller import poll_forever, poll_once
 from cortex.fleet.scheduler import Scheduler
@@ -58,6 +59,21 @@ def metrics_app(registry, name: str) -> Sanic:
         return response.raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def reload_catalogue(ctx: GatewayContext) -> str:
+    """Reads ``models_config`` again (``systemctl reload cortex``, SIGHUP): the catalogue and the
+    aliases change for the requests that arrive after it; streams in flight, the fleet state and
+    measured footprints are untouched. A file that no longer loads changes nothing (the error is
+    raised, naming the file and key, for the caller to log). Answers what was loaded."""
+    catalogue = load_catalogue(Path(ctx.config.models_config))
+    before = {m.id for m in ctx.catalogue.models}
+    after = {m.id for m in catalogue.models}
+    ctx.catalogue = ctx.fleet.catalogue = catalogue
+    changes = [f"+{m}" for m in sorted(after - before)] + [f"-{m}" for m in sorted(before - after)]
+    return f"{ctx.config.models_config}: {len(catalogue.models)} models, {len(catalogue.aliases)} aliases" + (
+        f" ({' '.join(changes)})" if changes else ""
+    )
 
 
 def create_app(

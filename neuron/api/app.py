@@ -16,6 +16,7 @@ from cortex.protocol.errors import ApiError, kind_of_status
 from cortex.protocol.fleet import ModelSpec
 from cortex.protocol.http import SERVER_CONFIG, DeadlineRequest
 from cortex.protocol.openai import errors as openai_errors
+from cortex.protocol.systemd import Notifier
 from neuron import __version__, hardware
 from neuron.api import admin, inference
 from neuron.api.context import NeuronContext
@@ -60,18 +61,25 @@ async def _load_defaults(ctx: NeuronContext) -> None:
         restored = ", ".join(m.model_id for m in ctx.restore_models)
         log.info("loading again the models resident before the restart: %s", restored)
     ready, seen = [], set()
-    for spec in [*ctx.restore_models, *ctx.config.default_models]:
+    specs = [*ctx.restore_models, *ctx.config.default_models]
+    for i, spec in enumerate(specs):
         if spec.model_id in seen:
             continue
         seen.add(spec.model_id)
         if not ctx.intake.is_open:  # a restart began: what is not loaded yet, the next process loads
             return
+        ctx.notifier.status(f"{_serving(ctx)}; loading {spec.model_id} ({i + 1} of {len(specs)})")
         try:
             entry = await ctx.residency.load(spec)
             await ctx.residency.wait_loaded(entry)
             ready.append(spec.model_id)
         except ApiError as exc:
             log.warning("default model %s did not load: %s", spec.model_id, exc.message)
+    status = f"{_serving(ctx)}; loaded: {', '.join(ready) or 'none'}"
+    if ctx.config.ready_after_default_models:
+        ctx.notifier.ready(status)
+    else:
+        ctx.notifier.status(status)
     if ready:
         host = "localhost" if ctx.config.host in ("0.0.0.0", "::") else ctx.config.host
         body = json.dumps({"model": ready[0], "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
@@ -84,9 +92,20 @@ async def _load_defaults(ctx: NeuronContext) -> None:
         )
 
 
-def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: list[ModelSpec] | None = None) -> Sanic:
+def _serving(ctx: NeuronContext) -> str:
+    return f"serving on {ctx.config.host}:{ctx.config.port}"
+
+
+def create_app(
+    config: NeuronConfig,
+    *,
+    name: str = "neuron",
+    restore_models: list[ModelSpec] | None = None,
+    notifier: Notifier | None = None,
+) -> Sanic:
     """The neuron's app; ``restore_models`` are the models a restart handed over (loaded at start,
-    before ``default_models``)."""
+    before ``default_models``); ``notifier`` tells systemd when it serves (``Type=notify``): once
+    it listens, or with ``ready_after_default_models`` once the default models are resident."""
     residency = Residency(config)
     ctx = NeuronContext(
         config=config,
@@ -95,6 +114,8 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
         metrics=NeuronMetrics(residency, lambda: ctx.device_health),
         restore_models=list(restore_models or []),
     )
+    if notifier is not None:
+        ctx.notifier = notifier
     app = Sanic(name, ctx=ctx, env_prefix=None, configure_logging=False, request_class=DeadlineRequest)
     app.config.update({**SERVER_CONFIG, "REQUEST_MAX_SIZE": 64 * 2**20})
     app.blueprint(admin.bp)
@@ -142,9 +163,17 @@ def create_app(config: NeuronConfig, *, name: str = "neuron", restore_models: li
     async def start_tasks(app: Sanic) -> None:
         tasks.append(asyncio.create_task(_refresh_health(app.ctx), name="device-health"))
         tasks.append(asyncio.create_task(_load_defaults(app.ctx), name="default-models"))
+        tasks.append(asyncio.create_task(app.ctx.notifier.keep_alive(), name="watchdog"))
+
+    @app.after_server_start
+    async def tell_ready(app: Sanic) -> None:
+        if not config.ready_after_default_models:
+            app.ctx.notifier.ready(_serving(app.ctx))
 
     @app.before_server_stop
     async def stop_tasks(app: Sanic) -> None:
+        if app.ctx.restart is None:  # a restart says RELOADING instead, and its new process READY
+            app.ctx.notifier.stopping("stopping: unloading the models")
         running = [*tasks, app.ctx.restart] if app.ctx.restart is not None else tasks
         for task in running:
             task.cancel()

@@ -191,6 +191,7 @@ def launch_gateway(
     poll_secs: float = 0.3,
     neuron_keys: dict[str, str] | None = None,
     want_healthy: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> FleetUnderTest:
     """A real ``cortex serve`` in ``work`` in front of ``endpoints`` (neuron name -> URL), polled
     until ``want_healthy`` neurons (default: all) are up."""
@@ -210,6 +211,7 @@ def launch_gateway(
         f"http://127.0.0.1:{port}",
         work / "cortex.log",
         work,
+        env,
     )
     want = len(endpoints) if want_healthy is None else want_healthy
     try:

@@ -37,11 +37,12 @@ def free_port() -> int:
 class ServiceProcess:
     """A real server process in its own process group, its output in a log file."""
 
-    def __init__(self, cmd: list[str], url: str, log_path: Path, cwd: Path) -> None:
+    def __init__(self, cmd: list[str], url: str, log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.url = url
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NEURON_", "CORTEX_"))}
+        own = ("NEURON_", "CORTEX_", "NOTIFY_", "WATCHDOG_")  # what configures the servers: the test's only
+        env = {k: v for k, v in os.environ.items() if not k.startswith(own)} | (env or {})
         self.proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
         )
@@ -84,9 +85,9 @@ class ServiceProcess:
 
 
 class NeuronProcess(ServiceProcess):
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "neuron.cli", "serve", "--config", str(config_path)]
-        super().__init__(cmd, f"http://127.0.0.1:{port}", log_path, config_path.parent)
+        super().__init__(cmd, f"http://127.0.0.1:{port}", log_path, config_path.parent, env)
 
     def wait_ready(self, models: list[str], deadline_secs: float = 90.0) -> None:
         def loaded(health: dict) -> bool:
