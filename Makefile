@@ -19,7 +19,7 @@ INSTALL_LOG := $(VENV)/install.log
 # fetched, CMake's build progress, the end
 PROGRESS := s/^Collecting ([^ ]+).*/  fetching \1/p; s/^ *\*\*\* (Configuring CMake|Building project).*/  \1/p; s/^ *(\[[0-9]+\/[0-9]+\]) Building [A-Z]+ object CMakeFiles\/_C\.dir\/([^ ]+)\.o$$/  \1 compiling \2/p; s/^ *(\[[0-9]+\/[0-9]+\]) Linking [A-Z]+ shared module ([^ ]+)$$/  \1 linking \2/p; s/^(Successfully installed).*/  done/p
 
-.PHONY: run test install lint bench bench-decode cuda-check clean
+.PHONY: run test install lint bench bench-decode cuda-check rpm rpm-cortex rpm-neuron clean
 
 # The build runs in the venv itself (no isolated build environment): its pybind11 keeps one path, so
 # CMake does not recompile the bindings at every reinstall. These are pyproject's build-system.requires
@@ -77,6 +77,18 @@ cuda-check:
 	  printf '  %-24s %5d ms\n' "$$cu" $$(( ($$(date +%s%N) - start) / 1000000 )); \
 	done; \
 	printf '  %-24s %5d ms\n' total $$(( ($$(date +%s%N) - total) / 1000000 ))
+
+# RPMs (rpm/): the gateway and the neuron of one GPU generation, FLAVOUR = cpu | ampere | ada |
+# blackwell, into build/rpm/RPMS. Needs rpmbuild, and nvcc for the GPU flavours; pip fetches the
+# packages' dependencies (TORCH_INDEX= picks torch's index; see rpm/build.sh).
+FLAVOUR ?= cpu
+rpm: rpm-cortex rpm-neuron
+
+rpm-cortex:
+	bash rpm/build.sh cortex
+
+rpm-neuron:
+	bash rpm/build.sh neuron $(FLAVOUR)
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache .ruff_cache
