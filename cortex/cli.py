@@ -495,7 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"cortex (helexa) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway: the API on gateway.listen, Prometheus metrics on gateway.metrics_listen.",
+        epilog="SIGHUP (systemctl reload cortex) re-reads models_config: the catalogue and aliases change for new "
+        "requests, streams in flight go on; a file that no longer loads is refused and the old catalogue kept. "
+        "Under systemd (Type=notify) the gateway reports READY once both listeners accept connections.",
+    )
     serve.add_argument("--config", "-c", metavar="PATH", help="cortex.toml (default: built-in defaults + CORTEX_* env)")
     serve.set_defaults(run=_serve)
 

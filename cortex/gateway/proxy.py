@@ -189,11 +189,15 @@ async def count_prompt(ctx: GatewayContext, model: str, tokenize_body: dict[str,
     except ApiError as err:
         status = err.status
         raise
-    finally:  # the model label only for a model the fleet knows: never a string a client chose
-        known = ctx.fleet.catalogue.profile(model) is not None or any(
-            model in n.models for n in ctx.fleet.nodes.values()
-        )
-        ctx.metrics.requests.labels(model if known else "", "", endpoint, str(status)).inc()
+    finally:
+        ctx.metrics.requests.labels(model_label(ctx, model), "", endpoint, str(status)).inc()
+
+
+def model_label(ctx: GatewayContext, model: str) -> str:
+    """``model`` as a metric label when the fleet knows it (catalogue or a neuron's list), else
+    empty: never a string a client chose."""
+    known = ctx.fleet.catalogue.profile(model) is not None or any(model in n.models for n in ctx.fleet.nodes.values())
+    return model if known else ""
 
 
 class Relay:
@@ -234,7 +238,9 @@ class Relay:
             raise
         finally:
             m = self.ctx.metrics
-            labels = (self.model, self.node)
+            # a request that failed before it was routed (no room, queue timeout) still counts
+            # against its model, so a per-model 503 rate sees it
+            labels = (self.model or model_label(self.ctx, canonical), self.node)
             m.requests.labels(*labels, self.endpoint, str(self.status or 499)).inc()
             m.duration.labels(*labels, self.endpoint).observe(time.monotonic() - self.started)
 

@@ -240,6 +240,13 @@ def test_a_model_that_fits_nowhere_is_503_with_the_reason(start_fleet):
         r = httpx.post(fleet.url + "/v1/chat/completions", json={"model": model, "messages": USER})
         assert r.status_code == 503 and r.headers["retry-after"]
         assert needle in r.json()["error"]["message"]
+    # refused before any node was chosen, each still counts against its (catalogue) model
+    refused = {
+        s.labels["model"]: s.value
+        for s in fleet.metrics()["cortex_requests"].samples
+        if s.name == "cortex_requests_total" and s.labels["status"] == "503"
+    }
+    assert refused == {"m-huge": 1, "m-four": 1}
 
 
 @pytest.mark.parametrize(

@@ -505,7 +505,7 @@ def test_a_load_failure_fires_for_a_first_failure_and_for_a_later_one_but_not_fo
 def test_503s_fire_on_the_gateway_whose_share_passes_the_bound(tmp_path):
     gw_b = {"job": "cortex", "instance": "gw-b:31314"}
     ok = {"model": "m", "node": "beast", "endpoint": "chat", "status": "200"}
-    shed = {"model": "", "node": "", "endpoint": "chat", "status": "503"}
+    shed = {"model": "m", "node": "", "endpoint": "chat", "status": "503"}  # refused before routing: no node
     series = [
         _series("cortex_requests_total", {**GW, **ok}, "0+60x30"),  # 1 request/s answered
         _series("cortex_requests_total", {**GW, **shed}, "0+6x30"),  # 0.1/s refused: 9.1 %
