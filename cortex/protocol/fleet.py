@@ -67,6 +67,16 @@ class DeviceHealth(msgspec.Struct, kw_only=True):
     temp_c: int | None
 
 
+class RankMemory(msgspec.Struct, kw_only=True):
+    """One rank of a tensor-parallel model: where it runs and the memory its shard and its KV pool
+    hold (MiB; measured by the rank itself)."""
+
+    rank: int
+    device: int | None  # the GPU's index; None on the CPU
+    pid: int  # the process holding it (rank 0: the neuron itself)
+    memory_mb: int
+
+
 class ModelHealth(msgspec.Struct, kw_only=True):
     status: ModelStatus
     in_flight: int
@@ -74,6 +84,7 @@ class ModelHealth(msgspec.Struct, kw_only=True):
     load_progress: float | None = None
     kv_capacity_tokens: int | None = None  # the model's KV pool, in tokens (once loaded)
     kv_used_tokens: int | None = None  # tokens' worth of its blocks in use now
+    ranks: list[RankMemory] | None = None  # a tensor-parallel model's ranks (once loaded)
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -96,6 +107,7 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     error_status: int | None = None  # the HTTP status the failed load answered (404: the model is not here)
     kv_capacity_tokens: int | None = None  # the model's KV pool, in tokens (part of vram_used_mb)
     kv_used_tokens: int | None = None
+    ranks: list[RankMemory] | None = None  # a tensor-parallel model's ranks: memory per rank (sums to vram_used_mb)
 
 
 class Endpoint(msgspec.Struct, kw_only=True):

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import torch
@@ -431,8 +432,9 @@ class Residency:
             worker.close()
 
 
-def _kv_fields(lm: LoadedModel | None) -> dict[str, int]:
+def _kv_fields(lm: LoadedModel | None) -> dict[str, Any]:
     if lm is None:
         return {}
     capacity, used = lm.kv_usage()
-    return {"kv_capacity_tokens": capacity, "kv_used_tokens": used}
+    ranks = getattr(lm.executor, "rank_memory", None)  # a tensor-parallel model's, per rank
+    return {"kv_capacity_tokens": capacity, "kv_used_tokens": used} | ({"ranks": ranks} if ranks else {})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import subprocess
 import sys
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import torch
 
+from cortex.protocol.fleet import RankMemory
 from neuron.engine.kv_cache import KVPool, kv_layout, recurrent_spec
 from neuron.engine.state_slots import StatePool
+from neuron.loading.weights import resident_bytes
 from neuron.models import Batch
 from neuron.tp import wire
 from neuron.tp.comm import Communicator, GlooCommunicator, free_port
@@ -111,6 +114,7 @@ class TpExecutor:
         self.timeout_s = timeout_s
         self.throughput = Throughput()
         self.failed: str | None = None
+        self.rank_memory: list[RankMemory] = []  # what each rank holds, as it measured it at load
         self.on_failure = on_failure  # told once, on the device thread, when the model fails
 
     @classmethod
@@ -144,9 +148,17 @@ class TpExecutor:
             comm = _join(ranks, world, port, timeout_s)
             model, kv = build_rank(model_dir, comm, dtype, quant, blocks, state_slots)
             executor = cls(model, kv, comm, ranks, dtype=dtype, timeout_s=timeout_s, on_failure=on_failure)
+            own = RankMemory(
+                rank=0, device=None, pid=os.getpid(), memory_mb=(resident_bytes(model) + kv.nbytes()) >> 20
+            )
+            executor.rank_memory = [own]
             for r, reply in enumerate(executor._replies(), start=1):
                 if reply[0] != "ready":
                     raise RankFailed(f"rank {r} could not load the model: {reply[1]}")
+                told = reply[1]
+                executor.rank_memory.append(
+                    RankMemory(rank=r, device=None, pid=told["pid"], memory_mb=told["memory_bytes"] >> 20)
+                )
         except BaseException:
             for p in ranks:
                 p.kill()

@@ -54,7 +54,10 @@ def main() -> int:
     except Exception as exc:
         wire.send(channel, ("error", f"{type(exc).__name__}: {exc}"))
         return 1
-    wire.send(channel, ("ready", {"rank": args.rank, "pid": os.getpid()}))
+    from neuron.loading.weights import resident_bytes
+
+    memory = resident_bytes(model) + pool.nbytes()  # this rank's shard and its KV pool
+    wire.send(channel, ("ready", {"rank": args.rank, "pid": os.getpid(), "memory_bytes": memory}))
     device = torch.device("cpu")
     while True:
         try:

@@ -69,6 +69,7 @@ def test_discovery_health_and_version_describe_this_host(http):
         "load_progress": 1.0,
         "kv_capacity_tokens": 4096,  # max_num_seqs (1 here) full contexts of 4096 tokens
         "kv_used_tokens": 0,
+        "ranks": None,  # one rank (a tensor-parallel model lists each)
     }
     v = http.get("/version").json()
     assert v["version"] == disc["version"] and set(v["build"]) >= {"cuda", "archs", "native_kernels"}

@@ -58,6 +58,16 @@ def test_two_ranks_answer_as_one_and_a_dead_rank_fails_the_model_not_the_neuron(
         assert len(ranks) == 1
         listed = {m["id"]: m for m in http.get("/models").json()}
         assert listed[TWO]["status"] == "loaded" and listed[TWO]["devices"] == []
+        # memory per rank, measured by each rank: rank 0 in the neuron, rank 1 in its process
+        per_rank = listed[TWO]["ranks"]
+        assert [(r["rank"], r["pid"], r["device"]) for r in per_rank] == [
+            (0, tp_neuron.proc.pid, None),
+            (1, ranks[0], None),
+        ]
+        assert abs(sum(r["memory_mb"] for r in per_rank) - listed[TWO]["vram_used_mb"]) <= len(per_rank)
+        assert per_rank[0]["memory_mb"] == per_rank[1]["memory_mb"] > 0  # two equal shards
+        assert http.get("/health").json()["models"][TWO]["ranks"] == per_rank
+        assert listed[ONE]["ranks"] is None  # one rank: nothing to split
         with openai.OpenAI(base_url=tp_neuron.url + "/v1", api_key="x", max_retries=0, timeout=120) as client:
             for text in ("Tell me about the sea.", "Hello there, how are you today?"):
                 assert chat(client, TWO, text) == chat(client, ONE, text)
