@@ -142,13 +142,16 @@ def test_dependencies_are_the_systems_not_the_bundled_libraries(rpms):
     assert any(p.startswith("helexa-cortex = ") for p in query(rpms["cortex"], "--provides").splitlines())
 
 
+def scriptlets(path: Path) -> dict[str, str]:
+    scripts = query(path, "--scripts")
+    found = re.findall(r"^(\w+)install scriptlet[^\n]*:\n(.*?)(?=^\w+install scriptlet|\Z)", scripts, re.M | re.S)
+    return dict(found)
+
+
 def test_scriptlets(rpms):
     for name, path in rpms.items():
-        scripts = query(path, "--scripts")
-        parts = dict(
-            re.findall(r"^(\w+)install scriptlet[^\n]*:\n(.*?)(?=^\w+install scriptlet|\Z)", scripts, re.M | re.S)
-        )
-        assert set(parts) == {"pre", "post", "preun", "postun"}, scripts
+        parts = scriptlets(path)
+        assert set(parts) == {"pre", "post", "preun", "postun"}, parts
         unit = f"{name}.service"
         assert f"useradd -r -g {name} -d /var/lib/{name} -s /usr/sbin/nologin" in parts["pre"]
         assert f"systemd-tmpfiles --create /usr/lib/tmpfiles.d/{name}.conf" in parts["post"]
@@ -157,6 +160,35 @@ def test_scriptlets(rpms):
         assert f"systemctl try-restart {unit}" in parts["postun"]
         for body in parts.values():  # each is a valid shell script
             assert subprocess.run(["sh", "-n"], input=body, text=True).returncode == 0, body
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_pre_creates_the_service_user_only_when_missing(rpms, tmp_path, exists):
+    """%pre run as rpm runs it (sh, $1 = 1 on install), with getent / groupadd / useradd stubs
+    that record their calls: the user and group are created once, never twice."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for tool, rc in (("getent", 0 if exists else 2), ("groupadd", 0), ("useradd", 0)):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\nexit {rc}\n')
+        (bin_dir / tool).chmod(0o755)
+    for name, path in rpms.items():
+        calls.write_text("")
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+        done = subprocess.run(["sh", "-c", scriptlets(path)["pre"], "pre", "1"], env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        made = calls.read_text().splitlines()
+        lookups = [f"getent group {name}", f"getent passwd {name}"]
+        if exists:
+            assert made == lookups
+        else:
+            gecos = {"neuron": "helexa neuron daemon", "cortex": "helexa cortex gateway"}[name]
+            assert made == [
+                lookups[0],
+                f"groupadd -r {name}",
+                lookups[1],
+                f"useradd -r -g {name} -d /var/lib/{name} -s /usr/sbin/nologin -c {gecos} {name}",
+            ]
 
 
 def test_no_file_names_the_build_machine(installed):
