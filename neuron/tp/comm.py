@@ -23,6 +23,7 @@ class Communicator(Protocol):
     world: int
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor: ...  # sum, in place; returns t
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor: ...  # every rank's t in rank order: [world, *t.shape]
     def close(self) -> None: ...
 
 
@@ -48,6 +49,13 @@ class GlooCommunicator:
             raise ValueError("all_reduce needs a contiguous tensor")
         self.group.allreduce([t]).wait()
         return t
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        if not t.is_contiguous():
+            raise ValueError("all_gather needs a contiguous tensor")
+        out = torch.empty((self.world, *t.shape), dtype=t.dtype, device=t.device)
+        self.group.allgather([list(out.unbind(0))], [t]).wait()
+        return out
 
     def close(self) -> None:
         self.group = None  # type: ignore[assignment]  (its connections close with it)

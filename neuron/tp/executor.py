@@ -33,7 +33,7 @@ from neuron.loading.weights import resident_bytes
 from neuron.models import Batch
 from neuron.tp import wire
 from neuron.tp.comm import Communicator, GlooCommunicator, free_port
-from neuron.tp.shard import Shard, ShardedSource, attach, local_config
+from neuron.tp.shard import Shard, ShardedSource, attach, local_config, splits_vocab
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def build_rank(
         )
     finally:
         opened.source.close()
-    attach(model, comm.all_reduce)
+    attach(model, comm, vocab_parallel=splits_vocab(opened.cfg, comm.world))
     spec = model.state_spec()
     recurrent = recurrent_spec(spec)
     states = StatePool(recurrent, state_slots, device) if recurrent else None

@@ -12,7 +12,9 @@ input columns followed by one all-reduce (sum) per block, everything else is rep
   inside the recurrence); ``in_proj_qkv`` and the conv taps by regions (its Q, K and V slices
   concatenated), ``z``, ``b``, ``a``, ``A_log``, ``dt_bias`` split, Qwen3-Next's grouped
   ``in_proj_qkvz`` / ``in_proj_ba`` split in whole key-head groups; ``out_proj`` row-parallel;
-- embedding, norms and the head replicated: every rank computes the same logits.
+- embedding and head vocab-parallel when the vocabulary divides by the ranks (each rank holds its
+  ``vocab / world`` rows: a token's embedding comes from the rank holding its row, summed over
+  the ranks; the head's logits slices are gathered), else replicated; norms replicated.
 
 :func:`local_config` is the config one rank builds its modules from, :class:`ShardedSource` the
 weight source that hands it its slices (the loader and the weight methods — in-situ quantization
@@ -21,7 +23,6 @@ included — see only the rank's tensors), :func:`attach` the all-reduces.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from neuron.models.hybrid import GatedAttention, GatedDeltaNet
 from neuron.models.layers import Attention, GatedMLP, SparseMoE
 from neuron.models.methods import Weight
 from neuron.ops.quant import BLOCK_ELEMS, QuantTensor, dequantize
+from neuron.tp.comm import Communicator
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ def _split(what: str, count: int, world: int) -> int:
     return count // world
 
 
+def splits_vocab(cfg: Any, world: int) -> bool:
+    """Whether the embedding and the head are split by vocabulary rows over ``world`` ranks."""
+    return world > 1 and cfg.vocab_size % world == 0
+
+
 def local_config(cfg: Any, shard: Shard) -> Any:
     """The config of one rank's modules: heads, widths and experts' widths divided by the ranks;
     :class:`UnsupportedModel` naming what does not divide."""
@@ -71,6 +78,8 @@ def local_config(cfg: Any, shard: Shard) -> Any:
         "num_key_value_heads": _split("num_key_value_heads", kv, n) if kv >= n else 1,
         "intermediate_size": _split("intermediate_size", cfg.intermediate_size, n) if cfg.intermediate_size else 0,
     }
+    if splits_vocab(cfg, n):
+        fields["vocab_size"] = cfg.vocab_size // n
     if cfg.num_experts:
         fields["moe_intermediate_size"] = _split("moe_intermediate_size", cfg.moe_intermediate_size, n)
         if cfg.shared_expert_intermediate_size:
@@ -142,6 +151,8 @@ class ShardedSource:
         if len(parts) < 2:
             return None
         module, leaf = parts[-2], parts[-1]
+        if module in ("embed_tokens", "lm_head"):
+            return _Rule(0, None) if leaf == "weight" and splits_vocab(self.cfg, self.shard.world) else None
         if module in ("k_proj", "v_proj"):
             return _Rule(0, None, kv_heads=True)
         if module in COLUMN and leaf in ("weight", "bias"):
@@ -211,10 +222,41 @@ def reduced_blocks(model: nn.Module) -> list[nn.Module]:
     return out
 
 
-def attach(model: nn.Module, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """Sums each partial block output over the ranks (``all_reduce``: in place, returns it);
-    returns how many blocks reduce (two per decoder layer)."""
+def attach(model: nn.Module, comm: Communicator, *, vocab_parallel: bool = False) -> int:
+    """Sums each partial block output over the ranks (``comm.all_reduce``, in place); with
+    ``vocab_parallel`` (see :func:`splits_vocab`) also makes the rank's slice of the embedding a
+    whole one (rows outside the slice are zero here and summed in from their rank) and gathers
+    the head's logits slices in rank order. Returns how many blocks reduce (two per layer)."""
     blocks = reduced_blocks(model)
     for module in blocks:
-        module.register_forward_hook(lambda _m, _i, out: all_reduce(out))
+        module.register_forward_hook(lambda _m, _i, out: comm.all_reduce(out))
+    if vocab_parallel:
+        _vocab_parallel(model, comm)
     return len(blocks)
+
+
+def _vocab_parallel(model: nn.Module, comm: Communicator) -> None:
+    embed = model.decoder.embed_tokens
+    rows = embed.num_embeddings  # this rank's: [rank·rows, (rank + 1)·rows) of the vocabulary
+    first = comm.rank * rows
+    inside: list[torch.Tensor] = []  # the last lookup's mask (one step at a time: one device thread)
+
+    def local_ids(_m, args):
+        ids, dtype = args
+        local = ids - first
+        mask = (local >= 0) & (local < rows)
+        inside[:] = [mask]
+        return torch.where(mask, local, 0), dtype
+
+    def summed(_m, _args, out: torch.Tensor) -> torch.Tensor:
+        out.mul_(inside[0].unsqueeze(-1).to(out.dtype))
+        return comm.all_reduce(out)
+
+    embed.register_forward_pre_hook(local_ids)
+    embed.register_forward_hook(summed)
+
+    def gathered(_m, _args, out: torch.Tensor) -> torch.Tensor:
+        parts = comm.all_gather(out.contiguous())  # [world, tokens, rows]
+        return torch.cat(list(parts.unbind(0)), dim=-1)
+
+    model.lm_head.register_forward_hook(gathered)

@@ -19,7 +19,7 @@ from neuron.loading.safetensors import Checkpoint
 from neuron.loading.weights import load_weights
 from neuron.models import architecture_for
 from neuron.tp.comm import GlooCommunicator
-from neuron.tp.shard import Shard, ShardedSource, attach, local_config
+from neuron.tp.shard import Shard, ShardedSource, attach, local_config, splits_vocab
 
 
 def build(folder: Path, shard: Shard, quant: str | None):
@@ -49,7 +49,9 @@ def main() -> None:
     shard = Shard(args.rank, args.world)
     comm = GlooCommunicator(args.rank, args.world, "127.0.0.1", args.port, timeout_s=60)
     model = build(args.folder, shard, args.quant)
-    blocks = attach(model, comm.all_reduce)
+    raw = json.loads((args.folder / "config.json").read_text())
+    cfg = architecture_for(raw).config_class.from_dict(raw)
+    blocks = attach(model, comm, vocab_parallel=splits_vocab(cfg, args.world))
     prompt, steps = json.loads(args.tokens)
     seq = SingleSequence(model, pool_for(model, len(prompt) + len(steps) + 16))
     logits = [seq.run(prompt, all_logits=True)] + [seq.run([t])[None] for t in steps]

@@ -1,7 +1,8 @@
 """Tensor parallelism on the CPU: two rank processes over gloo, each building its shard of a tiny
 random checkpoint (``neuron.tp.shard``), give the logits one process gives with the whole model —
 a prompt and decode steps, f32, within 1e-5 — for Qwen3 (kv heads split, and replicated when
-there are fewer than ranks), Qwen2 (biases), Qwen3-MoE, a Qwen3.5 hybrid, Qwen3.5-MoE (shared
+there are fewer than ranks; the embedding and head vocab-parallel, tied or not, and replicated when
+the vocabulary does not divide), Qwen2 (biases), Qwen3-MoE, a Qwen3.5 hybrid, Qwen3.5-MoE (shared
 expert) and Qwen3-Next, dense and quantized in situ per shard; configs that do not divide are
 refused naming the field."""
 
@@ -35,6 +36,18 @@ CASES = {
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(num_key_value_heads=2)),
     "qwen3-kv1": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(num_key_value_heads=1)),
     "qwen2-bias": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(num_key_value_heads=2)),
+    # the head shares the (vocab-parallel) embedding's rows
+    "qwen3-tied": (
+        transformers.Qwen3Config,
+        transformers.Qwen3ForCausalLM,
+        dict(num_key_value_heads=2, tie_word_embeddings=True),
+    ),
+    # a vocabulary that does not divide by the ranks: embedding and head replicated instead
+    "qwen3-vocab130": (
+        transformers.Qwen3Config,
+        transformers.Qwen3ForCausalLM,
+        dict(num_key_value_heads=2, vocab_size=130),
+    ),
     "qwen3-moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM, dict(num_key_value_heads=2, **MOE)),
     "qwen3.5": (
         transformers.Qwen3_5TextConfig,
@@ -134,6 +147,15 @@ def test_a_rank_holds_its_slice(checkpoint):
             assert torch.equal(src.read(k), full.read(k))
     norm = "model.norm.weight"
     assert torch.equal(src.read(norm), full.read(norm))
+    embed = "model.embed_tokens.weight"
+    if cfg.vocab_size % 2 == 0:  # vocab-parallel: rank 1 holds the second half of the rows
+        assert torch.equal(src.read(embed), full.read(embed)[cfg.vocab_size // 2 :])
+        assert local_config(cfg, Shard(1, 2)).vocab_size == cfg.vocab_size // 2
+        if not cfg.tie_word_embeddings:
+            assert torch.equal(src.read("lm_head.weight"), full.read("lm_head.weight")[cfg.vocab_size // 2 :])
+    else:
+        assert torch.equal(src.read(embed), full.read(embed))
+        assert local_config(cfg, Shard(1, 2)).vocab_size == cfg.vocab_size
     local = local_config(cfg, Shard(1, 2))
     assert local.num_attention_heads == cfg.num_attention_heads // 2
     model = build(folder, Shard(0, 1), None)
