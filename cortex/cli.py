@@ -465,6 +465,7 @@ def _up(args: argparse.Namespace) -> int:
         f"\ncortex up: {model} is ready. gateway http://{shown}:{port}/v1 (metrics http://{shown}:{mport}/metrics), "
         f"neuron {neuron_url} (pid {neuron.proc.pid})\n"
         f"try:\n  curl -s http://{shown}:{port}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+        f"fleet page: http://{shown}:{port}/ui\n"
         "Ctrl-C stops both.\n"
     )
     result = {"code": 0}

@@ -42,6 +42,7 @@ class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     stall_timeout_secs: float = 300.0
     keepalive_secs: float = 5.0
     max_body_mb: float = 32.0
+    events_buffer: int = 256  # events a fleet page (/admin/events) may fall behind by before it is dropped
 
     def __post_init__(self) -> None:
         _check_listen("listen", self.listen)
@@ -50,6 +51,8 @@ class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
         for key in keys:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: expected a number > 0, got {getattr(self, key)}")
+        if self.events_buffer < 1:
+            raise ValueError(f"events_buffer: expected an integer >= 1, got {self.events_buffer}")
 
 
 class EvictionSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -25,7 +25,7 @@ async def poll_node(node: Node, client: NeuronClient) -> bool:
         health, models = await asyncio.gather(client.health(node.endpoint), client.models(node.endpoint))
     except NeuronUnreachable as exc:
         reason = str(exc)
-        if node.record_failure():
+        if node.record_failure(reason):
             log.warning("neuron %s is down (%d failed polls): %s", node.name, DOWN_AFTER_FAILURES, reason)
         elif not node.up and node.failures >= DOWN_AFTER_FAILURES and reason != node.poll_error:
             # never up (past a start-up's grace of a few polls), or down for a new reason: say so once

@@ -224,7 +224,8 @@ class Scheduler:
 
     def forget(self, node: Node, model: str) -> None:
         """A neuron answered that ``model`` is not (or no longer) there: stop sending it requests."""
-        node.models.pop(model, None)
+        if node.models.pop(model, None) is not None:
+            self.fleet.events.publish("model", node=node.name, model=model, state="unloaded")
         node.endpoints.pop(model, None)
         self.changed()
 
@@ -448,7 +449,7 @@ class Scheduler:
             node.draining.update(plan.victims)
             try:
                 for victim in plan.victims:
-                    await self._evict(node, victim, f"{self.eviction.strategy} (room for {model})")
+                    await self._evict(node, victim, self.eviction.strategy, needed_by=model)
             except (ApiError, NeuronUnreachable) as exc:
                 log.warning("making room for %s on %s failed: %s", model, node.name, exc)
                 if isinstance(exc, NeuronUnreachable):
@@ -509,7 +510,7 @@ class Scheduler:
         """A neuron that failed an operation is left out of placement until it answers a poll
         again (at least a poll interval): a neuron that died mid-load is not asked again at every
         tick. The failure counts as a failed poll."""
-        if node.record_failure():
+        if node.record_failure("it stopped answering during an operation"):
             log.warning("neuron %s is down: it stopped answering during an operation", node.name)
         node.shunned_until = time.monotonic() + self.fleet.config.gateway.poll_interval_secs
         self.changed()
@@ -536,7 +537,7 @@ class Scheduler:
         while True:
             infos = {m.id: m for m in await self.client.models(node.endpoint)}
             info = infos.get(model)
-            node.models = infos
+            node.set_models(infos)
             node.note_residents()
             if info is not None and info.status == "loaded":
                 self.fleet.learn_footprints(node)
@@ -560,14 +561,20 @@ class Scheduler:
             return
         self._resolve(model, node)
 
-    async def _evict(self, node: Node, model: str, reason: str) -> None:
+    async def _evict(self, node: Node, model: str, reason: str, *, needed_by: str | None = None) -> None:
         """Drains ``model`` on ``node`` (no new requests go there; ours in flight finish), then
-        unloads it; the neuron itself waits for requests other gateways have in flight."""
+        unloads it; the neuron itself waits for requests other gateways have in flight.
+        ``reason``: the eviction strategy, or ``admin``; ``needed_by``: the model it makes room for."""
+        events = self.fleet.events
+        why = {"reason": reason, "needed_by": needed_by}
+        events.publish("model", node=node.name, model=model, state="unloading", **why)
         node.draining.add(model)
         deadline = time.monotonic() + self.eviction.max_wait_secs
         while node.in_flight.get(model, 0) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(min(0.05, self.tick_secs))
-        log.info("evicting %s from %s: %s", model, node.name, reason)
+        log.info(
+            "evicting %s from %s: %s", model, node.name, reason + (f" (room for {needed_by})" if needed_by else "")
+        )
         try:
             await self.client.unload(node.endpoint, model)
         except ApiError as exc:
@@ -577,8 +584,11 @@ class Scheduler:
         node.endpoints.pop(model, None)
         node.note_residents()
         node.cycles += 1
+        events.publish(
+            "model", node=node.name, model=model, state="unloaded" if reason == "admin" else "evicted", **why
+        )
         if self.observer is not None:
-            self.observer.evicted(model, node.name, reason.split(" ", 1)[0])
+            self.observer.evicted(model, node.name, reason)
 
     async def unload(self, node: Node, model: str, *, force: bool) -> None:
         """An operator's unload: a model in use is refused (409) unless ``force``, which drains it."""
@@ -614,6 +624,8 @@ class Scheduler:
 
     async def _restart(self, node: Node) -> None:
         log.info("restarting %s after %d load/unload cycles (defragmentation)", node.name, node.cycles)
+        events = self.fleet.events
+        events.publish("restart", node=node.name, state="restarting", cycles=node.cycles)
         try:
             await self.client.restart(node.endpoint)
             await asyncio.sleep(self.load_poll_secs)
@@ -629,8 +641,10 @@ class Scheduler:
             node.cycles = 0
             if self.observer is not None:
                 self.observer.restarted(node.name)
+            events.publish("restart", node=node.name, state="restarted")
             log.info("%s restarted", node.name)
         except (ApiError, NeuronUnreachable) as exc:
+            events.publish("restart", node=node.name, state="failed", error=str(exc))
             log.warning("restarting %s failed: %s", node.name, exc)
             node.cycles = 0  # do not ask again at every tick
         finally:

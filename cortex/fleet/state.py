@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import msgspec
+
 from cortex.config import Catalogue, CortexConfig, ModelProfile, is_pattern
+from cortex.fleet.events import EventHub
 from cortex.protocol.fleet import Discovery, Health, ModelInfo, ModelStatus
 
 
@@ -61,6 +64,7 @@ class Node:
     poll_error: str | None = None  # why the last poll failed (logged when it changes)
     shunned_until: float = 0.0  # an operation found it unreachable: no placement here until then (or a poll)
     went_down: asyncio.Event = field(default_factory=asyncio.Event)  # set while it is down (polls fail)
+    events: EventHub | None = None  # where its changes are told (the fleet page)
 
     def is_shunned(self, now: float) -> bool:
         return now < self.shunned_until
@@ -100,15 +104,45 @@ class Node:
     def record_success(self, discovery: Discovery | None, health: Health, models: list[ModelInfo]) -> None:
         if discovery is not None:
             self.discovery = discovery
+        if self.events is not None and (
+            self.health is None or msgspec.json.encode(health) != msgspec.json.encode(self.health)
+        ):
+            self.events.publish("health", node=self.name, health=health)
         self.health = health
-        self.models = {m.id: m for m in models}
+        self.set_models({m.id: m for m in models})
         for model in list(self.endpoints):
             if self.status_of(model) != "loaded":
                 del self.endpoints[model]
         self.note_residents()
+        if self.events is not None and (not self.up or self.failures):
+            self.events.publish("neuron", node=self.name, state="up")
         self.up, self.failures, self.last_ok = True, 0, time.monotonic()
         self.shunned_until = 0.0
         self.went_down.clear()
+
+    def set_models(self, models: dict[str, ModelInfo]) -> None:
+        """The neuron's model list as just read; tells what changed (a load began or progressed,
+        ended loaded or failed; a model went away without the gateway asking)."""
+        before, self.models = self.models, models
+        hub = self.events
+        if hub is None:
+            return
+        for model, info in models.items():
+            old = before.get(model)
+            if old is not None and (old.status, old.load_progress) == (info.status, info.load_progress):
+                continue
+            if info.status == ModelStatus.LOADING:
+                if model in self.draining:  # a neuron lists a model it is unloading as loading
+                    continue
+                hub.publish("model", node=self.name, model=model, state="loading", progress=info.load_progress or 0.0)
+            elif old is None or old.status != info.status:
+                if info.status == ModelStatus.LOADED:
+                    extra = {"vram_used_mb": info.vram_used_mb, "devices": info.devices}
+                else:
+                    extra = {"error": info.error}
+                hub.publish("model", node=self.name, model=model, state=str(info.status), **extra)
+        for model in before.keys() - models.keys() - self.draining:  # (an eviction tells its own end)
+            hub.publish("model", node=self.name, model=model, state="unloaded")
 
     def note_residents(self) -> None:
         """Starts the residency clock of models seen loaded for the first time; forgets the gone."""
@@ -133,14 +167,18 @@ class Node:
         first = self.discovery.devices[:1] if gpu and self.discovery is not None else []
         return self.device_kind([d.index for d in first])
 
-    def record_failure(self) -> bool:
+    def record_failure(self, reason: str = "") -> bool:
         """Counts a failed poll; returns True when this one took the node down."""
         self.failures += 1
         if self.up and self.failures >= DOWN_AFTER_FAILURES:
             self.up = False
             self.endpoints.clear()
             self.went_down.set()  # relays waiting on it give up with an error
+            if self.events is not None:
+                self.events.publish("neuron", node=self.name, state="down", reason=reason)
             return True
+        if self.up and self.failures == 1 and self.events is not None:
+            self.events.publish("neuron", node=self.name, state="degraded", reason=reason)
         return False
 
 
@@ -162,7 +200,10 @@ class Fleet:
     def __init__(self, config: CortexConfig, catalogue: Catalogue) -> None:
         self.config = config
         self.catalogue = catalogue
-        self.nodes: dict[str, Node] = {n.name: Node(n.name, n.endpoint.rstrip("/"), n.api_key) for n in config.neurons}
+        self.events = EventHub(buffer=config.gateway.events_buffer)
+        self.nodes: dict[str, Node] = {
+            n.name: Node(n.name, n.endpoint.rstrip("/"), n.api_key, events=self.events) for n in config.neurons
+        }
         self.started = time.time()
         self.footprints: dict[tuple[str, str], int] = {}  # (model, device kind) -> measured MB
         self.estimates: dict[tuple[str, str], tuple[int, int]] = {}  # (model, node) -> (cpu MB, gpu MB)

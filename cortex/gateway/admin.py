@@ -9,7 +9,7 @@ import msgspec
 from sanic import Blueprint, Request, response
 
 from cortex.fleet.neurons import NeuronUnreachable
-from cortex.gateway.context import context_of
+from cortex.gateway.context import GatewayContext, context_of
 from cortex.protocol.errors import ApiError, decode_body, invalid
 
 log = logging.getLogger(__name__)
@@ -20,12 +20,32 @@ def _json(obj, status: int = 200):
     return response.raw(msgspec.json.encode(obj), status=status, content_type="application/json")
 
 
+def wants_html(request: Request) -> bool:
+    """A browser asking for a page (not a probe, an SDK or curl asking for JSON)."""
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept.split(",", 1)[0]
+
+
+def root_page(status: str, healthy: int, total: int) -> response.HTTPResponse:
+    """``GET /`` for a browser: the health line and the way to the fleet page."""
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        "<title>helexa cortex</title><body style='font-family:system-ui;margin:2rem'>"
+        f"<h1>helexa cortex</h1><p>Fleet {status}: {healthy} of {total} neurons up.</p>"
+        "<p><a href='/ui'>Open the fleet page</a> · <a href='/v1/models'>/v1/models</a> · "
+        "<a href='/health'>/health (JSON)</a></p></body></html>"
+    )
+    return response.html(body, status=503 if status == "down" else 200)
+
+
 @bp.get("/health")
 @bp.get("/", name="root")
 async def health(request: Request):
     fleet = context_of(request).fleet
     total, healthy = len(fleet.nodes), len(fleet.up_nodes())
     status = "down" if healthy == 0 else ("ok" if healthy == total else "degraded")
+    if request.path == "/" and wants_html(request):  # a browser: the way to the fleet page
+        return root_page(status, healthy, total)
     entries = fleet.model_entries()
     return _json(  # a fleet that is down answers 503: probes and load balancers see it
         {
@@ -42,7 +62,12 @@ async def health(request: Request):
 
 @bp.get("/admin/fleet")
 async def fleet(request: Request):
-    ctx = context_of(request)
+    return _json(fleet_view(context_of(request)))
+
+
+def fleet_view(ctx: GatewayContext) -> dict:
+    """What ``/admin/fleet`` answers (and the fleet page's snapshot): every node with its
+    discovery, health and models, and the requests waiting per model."""
     fleet = ctx.fleet
     now = time.monotonic()
     nodes = []
@@ -75,8 +100,8 @@ async def fleet(request: Request):
                 "in_flight": {m: n for m, n in node.in_flight.items() if n},
             }
         )
-    waiting = {m: len(q.live()) for m, q in ctx.scheduler.queues.items() if q.live()}
-    return _json({"nodes": nodes, "waiting": waiting})
+    waiting = {m: len(q.live()) for m, q in ctx.scheduler.queues.items() if q.live()} if ctx.scheduler else {}
+    return {"nodes": nodes, "waiting": waiting}
 
 
 class AdminModelRequest(msgspec.Struct, forbid_unknown_fields=True):

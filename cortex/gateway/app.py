@@ -18,7 +18,7 @@ from cortex.fleet.neurons import NeuronClient
 from cortex.fleet.poller import poll_forever, poll_once
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import Fleet
-from cortex.gateway import admin, anthropic, openai, responses
+from cortex.gateway import admin, anthropic, openai, responses, ui
 from cortex.gateway.context import GatewayContext
 from cortex.metrics import GatewayMetrics
 from cortex.protocol.anthropic import errors as anthropic_errors
@@ -87,6 +87,7 @@ def create_app(
     app.blueprint(anthropic.bp)
     app.blueprint(responses.bp)
     app.blueprint(admin.bp)
+    app.blueprint(ui.bp)
     auth = config.auth
     # Without admin_keys the API keys open /admin/* too: an [auth] section never leaves it open.
     admin_keys = (auth.admin_keys or auth.api_keys) if auth is not None else []
@@ -159,6 +160,9 @@ def create_app(
 
     @app.before_server_stop
     async def stop_poller(app: Sanic) -> None:
+        app.ctx.fleet.events.close()  # open event streams end now, not at the graceful-shutdown timeout
+        if app.ctx.stats_task is not None:
+            app.ctx.tasks.append(app.ctx.stats_task)
         for task in app.ctx.tasks:
             task.cancel()
         await asyncio.gather(*app.ctx.tasks, return_exceptions=True)

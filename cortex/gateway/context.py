@@ -26,6 +26,7 @@ class GatewayContext:
     scheduler: Scheduler | None = None
     metrics_server: Any = None  # the metrics listener (a Sanic AsyncioServer), on this loop
     tasks: list = field(default_factory=list)
+    stats_task: Any = None  # the fleet page's periodic stats (cortex.gateway.ui), while pages listen
 
 
 def context_of(request: Request) -> GatewayContext:

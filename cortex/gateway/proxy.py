@@ -335,6 +335,7 @@ class Relay:
                     raise ApiError(
                         "upstream", f"neuron {node.name} did not answer for {model!r}", code="upstream_unreachable"
                     ) from None
+                ctx.fleet.events.publish("failover", model=model, node=node.name, to=route.node.name, error=str(exc))
             finally:
                 ctx.scheduler.request_finished(node, model)
                 gauge.dec()

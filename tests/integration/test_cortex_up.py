@@ -144,6 +144,10 @@ def test_cortex_up_from_the_source_checkout_serves_the_demo_model_and_stops_clea
     usage = answer["usage"]
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    page = up.wait_for_line("fleet page: ").split("fleet page: ", 1)[1].strip()
+    assert page == f"http://127.0.0.1:{up.gateway}/ui"
+    ui = httpx.get(page, timeout=5)
+    assert ui.status_code == 200 and ui.headers["content-type"].startswith("text/html")
     os.killpg(up.proc.pid, signal.SIGINT)  # Ctrl-C
     assert up.wait_exit() == 0, up.errors()
     assert "Traceback" not in up.errors()
